@@ -1,0 +1,384 @@
+//! The signed manifest: what a bundle contains and who vouches for it.
+//!
+//! Encoding: postcard, which is deterministic for a given value. A decoder
+//! accepts an input only if re-encoding the decoded value gives back the
+//! exact same bytes, so there is one encoding per manifest and a signature
+//! can never be moved onto a differently-encoded twin. The signature covers
+//! [`SIGNATURE_DOMAIN`] followed by the encoded [`Manifest`], so a manifest
+//! signature can never be confused with any other message the same key
+//! signs (announcements, later formats).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    keys::{AuthorKey, AuthorSecret},
+    limits::{MAX_FILES, MAX_MANIFEST_BYTES, MAX_TITLE_BYTES, MAX_TOTAL_BYTES},
+    path::{validate_file_list, PathError},
+};
+
+/// Prefix of every signed manifest message.
+pub const SIGNATURE_DOMAIN: &[u8] = b"classe/manifest/v1\0";
+
+/// Names a lesson across its versions: version 3 of a lesson has the same
+/// lesson id as version 1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LessonId(pub [u8; 16]);
+
+impl LessonId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for LessonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&data_encoding::HEXLOWER.encode(&self.0))
+    }
+}
+
+impl fmt::Debug for LessonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LessonId({self})")
+    }
+}
+
+/// One file of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path with `/` separators; see [`crate::path`].
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 hash of the content (the iroh-blobs hash).
+    pub hash: [u8; 32],
+}
+
+/// What the author signs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Stable across versions of one lesson.
+    pub lesson_id: LessonId,
+    /// Raised by one each time the author shares a changed lesson.
+    pub version: u64,
+    /// Human title; also the default output folder name.
+    pub title: String,
+    /// Who signs it.
+    pub author: AuthorKey,
+    /// Seconds since the Unix epoch when it was signed.
+    pub created_unix_secs: u64,
+    /// The files, in the same order as the bundle's hash sequence after the
+    /// manifest.
+    pub files: Vec<FileEntry>,
+}
+
+/// Signature bytes, kept as two halves because serde has no 64-byte arrays.
+type SignatureBytes = [[u8; 32]; 2];
+
+/// The versioned envelope on the wire. A second format becomes a second
+/// variant, and old readers refuse it with a clear error.
+#[derive(Serialize, Deserialize)]
+enum Wire {
+    V1 {
+        manifest: Manifest,
+        signature: SignatureBytes,
+    },
+}
+
+/// A manifest with its signature, as stored in the bundle's first blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedManifest {
+    manifest: Manifest,
+    signature: [u8; 64],
+}
+
+/// Why a manifest is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Larger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is {0} bytes, more than the limit of {MAX_MANIFEST_BYTES}")]
+    TooLarge(usize),
+    /// Not a manifest in a format this version understands.
+    #[error("manifest cannot be decoded: {0}")]
+    Decode(String),
+    /// Decodes, but not from the one canonical encoding, or has bytes after
+    /// the end.
+    #[error("manifest is not canonically encoded")]
+    NotCanonical,
+    /// The signature does not match the manifest and its author key.
+    #[error("manifest signature is invalid")]
+    BadSignature,
+    /// A file path is unsafe.
+    #[error("manifest names an unsafe path: {0}")]
+    UnsafePath(#[from] PathError),
+    /// Too many files, too many bytes, or a bad title.
+    #[error("manifest exceeds a limit: {0}")]
+    Limit(String),
+}
+
+impl Manifest {
+    /// The exact bytes the signature covers.
+    pub fn signing_message(&self) -> Vec<u8> {
+        let mut message = SIGNATURE_DOMAIN.to_vec();
+        // Encoding a plain struct into a Vec cannot fail.
+        message.extend(postcard::to_stdvec(self).unwrap_or_default());
+        message
+    }
+
+    /// Sum of all file sizes.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Checks paths, file count, total size and title.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.files.len() > MAX_FILES {
+            return Err(ManifestError::Limit(format!(
+                "{} files, more than {MAX_FILES}",
+                self.files.len()
+            )));
+        }
+        let mut total: u64 = 0;
+        for file in &self.files {
+            total = total
+                .checked_add(file.size)
+                .filter(|t| *t <= MAX_TOTAL_BYTES)
+                .ok_or_else(|| ManifestError::Limit("total size too large".into()))?;
+        }
+        if self.title.len() > MAX_TITLE_BYTES || self.title.chars().any(char::is_control) {
+            return Err(ManifestError::Limit(
+                "title too long or has control characters".into(),
+            ));
+        }
+        validate_file_list(self.files.iter().map(|f| f.path.as_str()))?;
+        Ok(())
+    }
+}
+
+impl SignedManifest {
+    /// Validates and signs `manifest`. The author key in the manifest must be
+    /// the public half of `secret`.
+    pub fn sign(manifest: Manifest, secret: &AuthorSecret) -> Result<Self, ManifestError> {
+        if manifest.author != secret.public() {
+            return Err(ManifestError::BadSignature);
+        }
+        manifest.validate()?;
+        let signature = secret.sign(&manifest.signing_message());
+        let signed = Self {
+            manifest,
+            signature,
+        };
+        let len = signed.to_bytes().len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(len));
+        }
+        Ok(signed)
+    }
+
+    /// The manifest. Not yet trusted: call [`SignedManifest::verify`] first.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The signature bytes.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// The canonical encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (a, b) = self.signature.split_at(32);
+        let mut halves = [[0u8; 32]; 2];
+        halves[0].copy_from_slice(a);
+        halves[1].copy_from_slice(b);
+        let wire = Wire::V1 {
+            manifest: self.manifest.clone(),
+            signature: halves,
+        };
+        postcard::to_stdvec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes, refusing oversized, trailing or non-canonical input. Does
+    /// not check the signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(bytes.len()));
+        }
+        let (wire, rest): (Wire, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| ManifestError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(ManifestError::NotCanonical);
+        }
+        let Wire::V1 {
+            manifest,
+            signature,
+        } = wire;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&signature[0]);
+        sig[32..].copy_from_slice(&signature[1]);
+        let decoded = Self {
+            manifest,
+            signature: sig,
+        };
+        if decoded.to_bytes() != bytes {
+            return Err(ManifestError::NotCanonical);
+        }
+        Ok(decoded)
+    }
+
+    /// Checks the signature against the author key named in the manifest.
+    pub fn verify(&self) -> Result<(), ManifestError> {
+        if self
+            .manifest
+            .author
+            .verify(&self.manifest.signing_message(), &self.signature)
+        {
+            Ok(())
+        } else {
+            Err(ManifestError::BadSignature)
+        }
+    }
+
+    /// Decodes, verifies the signature and validates the content: what a
+    /// fetcher does before it trusts anything in a manifest.
+    pub fn decode_verified(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let signed = Self::from_bytes(bytes)?;
+        signed.verify()?;
+        signed.manifest.validate()?;
+        Ok(signed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(secret: &AuthorSecret) -> Manifest {
+        Manifest {
+            lesson_id: LessonId([7; 16]),
+            version: 3,
+            title: "Les fractions — CM2".into(),
+            author: secret.public(),
+            created_unix_secs: 1_584_316_800,
+            files: vec![
+                FileEntry {
+                    path: "cours.pdf".into(),
+                    size: 1234,
+                    hash: [1; 32],
+                },
+                FileEntry {
+                    path: "exercices/série 1.txt".into(),
+                    size: 0,
+                    hash: [2; 32],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let secret = AuthorSecret::generate();
+        let signed = SignedManifest::sign(sample(&secret), &secret).unwrap();
+        let bytes = signed.to_bytes();
+        let back = SignedManifest::decode_verified(&bytes).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.manifest(), &sample(&secret));
+    }
+
+    #[test]
+    fn changing_any_byte_breaks_the_manifest() {
+        let secret = AuthorSecret::generate();
+        let bytes = SignedManifest::sign(sample(&secret), &secret)
+            .unwrap()
+            .to_bytes();
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80] {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= flip;
+                assert!(
+                    SignedManifest::decode_verified(&damaged).is_err(),
+                    "flipping bit {flip:#x} of byte {i} was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_and_truncated_bytes_are_refused() {
+        let secret = AuthorSecret::generate();
+        let bytes = SignedManifest::sign(sample(&secret), &secret)
+            .unwrap()
+            .to_bytes();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            SignedManifest::from_bytes(&longer),
+            Err(ManifestError::NotCanonical)
+        ));
+        assert!(SignedManifest::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(SignedManifest::from_bytes(&[]).is_err());
+    }
+
+    #[test]
+    fn oversized_manifest_is_refused_before_decoding() {
+        let big = vec![0u8; MAX_MANIFEST_BYTES + 1];
+        assert!(matches!(
+            SignedManifest::from_bytes(&big),
+            Err(ManifestError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn signature_by_another_key_is_refused() {
+        let secret = AuthorSecret::generate();
+        let other = AuthorSecret::generate();
+        let mut manifest = sample(&secret);
+        // Claims to be `secret`'s but is signed by `other`.
+        let signature = other.sign(&manifest.signing_message());
+        let forged = SignedManifest {
+            manifest: manifest.clone(),
+            signature,
+        };
+        assert!(matches!(
+            SignedManifest::decode_verified(&forged.to_bytes()),
+            Err(ManifestError::BadSignature)
+        ));
+        // And signing with the wrong secret is refused up front.
+        manifest.author = secret.public();
+        assert!(SignedManifest::sign(manifest, &other).is_err());
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused_on_sign_and_on_decode() {
+        let secret = AuthorSecret::generate();
+        let mut manifest = sample(&secret);
+        manifest.files[0].path = "../escape".into();
+        assert!(matches!(
+            SignedManifest::sign(manifest.clone(), &secret),
+            Err(ManifestError::UnsafePath(_))
+        ));
+        // A malicious author can still produce such bytes; the reader refuses.
+        let signature = secret.sign(&manifest.signing_message());
+        let bytes = SignedManifest {
+            manifest,
+            signature,
+        }
+        .to_bytes();
+        assert!(matches!(
+            SignedManifest::decode_verified(&bytes),
+            Err(ManifestError::UnsafePath(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_is_deterministic() {
+        let secret = AuthorSecret::generate();
+        let a = SignedManifest::sign(sample(&secret), &secret).unwrap();
+        let b = SignedManifest::sign(sample(&secret), &secret).unwrap();
+        assert_eq!(a.to_bytes(), b.to_bytes());
+    }
+}
