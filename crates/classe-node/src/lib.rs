@@ -1,1 +1,223 @@
-//! x
+//! A running classe node: one iroh endpoint serving the local store with
+//! iroh-blobs, and fetching bundles from other nodes.
+//!
+//! ```text
+//!            Node (handle)
+//!             |-- iroh Endpoint + Router ── BlobsProtocol(store) ── provider events
+//!             |                                                     |-> events task:
+//!             |                                                         connection cap,
+//!             |                                                         upload pacing,
+//!             |                                                         bytes sent per peer
+//!             |-- fetch(): connect → manifest → verify + trust → files → verify
+//!             '-- Traffic: bytes sent/received per peer and per bundle
+//! ```
+//!
+//! Nothing here reaches the internet: the endpoint has no relays unless a
+//! school relay URL is configured, and no address lookup service. Peers are
+//! dialled at the direct addresses carried in tickets.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod fetch;
+mod provider;
+mod traffic;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use classe_bundle::{AuthorKey, ProviderInfo, Ticket};
+use classe_store::Store;
+use iroh::{endpoint::presets, protocol::Router, Endpoint, RelayMode, SecretKey};
+use iroh_blobs::{BlobsProtocol, Hash};
+use tokio_util::sync::CancellationToken;
+
+pub use fetch::{FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
+pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
+
+/// How a node runs. The CLI builds this from flags, environment and the
+/// config file; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where to listen for QUIC. Default: all IPv4 interfaces, any port.
+    pub bind_addr: SocketAddr,
+    /// A relay the school runs itself. None: direct connections only.
+    pub relay_url: Option<String>,
+    /// Upload cap in bytes per second, over all peers. None: no cap.
+    pub max_upload: Option<u64>,
+    /// Download cap in bytes per second. None: no cap.
+    pub max_download: Option<u64>,
+    /// Most peers served at once; more are refused until one leaves.
+    pub max_connections: usize,
+    /// How long to wait for a provider to answer a dial.
+    pub connect_timeout: Duration,
+    /// How long a transfer may go without receiving a byte before the
+    /// provider is given up.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            relay_url: None,
+            max_upload: None,
+            max_download: None,
+            max_connections: 64,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The relay URL does not parse.
+    #[error("invalid relay URL {0:?}")]
+    RelayUrl(String),
+    /// Binding the UDP socket failed (address in use, not local, ...).
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] aborts its tasks.
+#[derive(Debug)]
+pub struct Node {
+    endpoint: Endpoint,
+    router: Router,
+    store: Store,
+    traffic: Arc<Traffic>,
+    config: NodeConfig,
+    cancel: CancellationToken,
+    events_task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Binds the endpoint and starts serving `store`.
+    pub async fn spawn(
+        store: Store,
+        node_key: &[u8; 32],
+        config: NodeConfig,
+    ) -> Result<Self, SpawnError> {
+        let relay_mode = match &config.relay_url {
+            None => RelayMode::Disabled,
+            Some(url) => {
+                let url: iroh::RelayUrl =
+                    url.parse().map_err(|_| SpawnError::RelayUrl(url.clone()))?;
+                RelayMode::custom([url])
+            }
+        };
+        let bind_err = |reason: String| SpawnError::Bind {
+            addr: config.bind_addr,
+            reason,
+        };
+        // Minimal preset: no n0 relays, no DNS/pkarr address publishing.
+        // The crate is built without the port mapper, so nothing probes the
+        // gateway either.
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(SecretKey::from_bytes(node_key))
+            .relay_mode(relay_mode)
+            .bind_addr(config.bind_addr)
+            .map_err(|e| bind_err(e.to_string()))?
+            .bind()
+            .await
+            .map_err(|e| bind_err(e.to_string()))?;
+        let traffic = Arc::new(Traffic::default());
+        let cancel = CancellationToken::new();
+        let (events, events_task) =
+            provider::spawn_events(traffic.clone(), &config, cancel.child_token());
+        let blobs = BlobsProtocol::new(store.blobs(), Some(events));
+        let router = Router::builder(endpoint.clone())
+            .accept(iroh_blobs::ALPN, blobs)
+            .spawn();
+        tracing::info!(node = %endpoint.id().fmt_short(), addrs = ?endpoint.bound_sockets(), "node started");
+        Ok(Self {
+            endpoint,
+            router,
+            store,
+            traffic,
+            config,
+            cancel,
+            events_task,
+        })
+    }
+
+    /// This node's id (its public node key).
+    pub fn id(&self) -> [u8; 32] {
+        *self.endpoint.id().as_bytes()
+    }
+
+    /// The store it serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// How other nodes reach this one: its id and every direct address it
+    /// listens on. An unspecified bind address (0.0.0.0) is replaced by the
+    /// addresses of the machine's interfaces.
+    pub fn provider_info(&self) -> ProviderInfo {
+        let addr = self.endpoint.addr();
+        let mut addrs: Vec<SocketAddr> = addr.ip_addrs().copied().collect();
+        for bound in self.endpoint.bound_sockets() {
+            if !bound.ip().is_unspecified() && !addrs.contains(&bound) {
+                addrs.push(bound);
+            }
+        }
+        addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), *a));
+        addrs.dedup();
+        addrs.truncate(classe_bundle::ticket::MAX_ADDRS);
+        ProviderInfo {
+            node_id: self.id(),
+            addrs,
+            relay_url: self.config.relay_url.clone(),
+        }
+    }
+
+    /// A ticket for a bundle this node holds.
+    pub fn ticket(&self, root: Hash, author: AuthorKey) -> Ticket {
+        Ticket {
+            root: *root.as_bytes(),
+            author,
+            providers: vec![self.provider_info()],
+        }
+    }
+
+    /// Registers a bundle so that bytes served for its files are counted
+    /// against it.
+    pub fn account_bundle(&self, root: Hash, files: impl IntoIterator<Item = Hash>) {
+        self.traffic.register_bundle(root, files);
+    }
+
+    /// Bytes sent and received so far, per peer and per bundle.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        self.traffic.snapshot()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Stops accepting, closes connections and flushes the store.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.router.shutdown().await {
+            tracing::warn!("router shutdown: {e}");
+        }
+        self.events_task.abort();
+        self.store.shutdown().await;
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub(crate) fn traffic_handle(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+}

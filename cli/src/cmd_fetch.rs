@@ -1,0 +1,353 @@
+//! `classe fetch TICKET`: verify, download, write, then re-share.
+
+use std::{
+    io::{IsTerminal, Write},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use clap::Args;
+use classe_bundle::{validate_path, AuthorKey, SignedManifest, Ticket};
+use classe_node::{FetchError, FetchEvent, FetchRequest, TrustDecision};
+use classe_store::{iroh_blobs::Hash, ExportError};
+
+use crate::{
+    cmd_id::parse_key,
+    exit::{Exit, INTERRUPTED, IO, UNREACHABLE, UNTRUSTED, USAGE, VERIFY},
+    home::Home,
+    ui, NetArgs,
+};
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The ticket the teacher shared.
+    ticket: String,
+    /// Folder to write the lesson to; must not exist or be empty.
+    /// Default: ./<title>.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Accept this author for this fetch, without adding them to your
+    /// trust list. Repeatable.
+    #[arg(long = "trust", value_name = "KEY")]
+    trust: Vec<String>,
+    /// Exit once the lesson is written instead of sharing it on.
+    #[arg(long)]
+    no_seed: bool,
+    /// Print a JSON summary on stdout once the files are written.
+    #[arg(long)]
+    json: bool,
+    /// On exit, write bytes sent and received per peer as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn fetch_error(e: FetchError) -> Exit {
+    let message = match &e {
+        FetchError::Untrusted(key) => format!(
+            "the lesson is signed by {key}, whom you do not trust; if you know this is your teacher's key, run `classe trust add {key}` (or pass --trust {key}) and fetch again"
+        ),
+        FetchError::WrongAuthor { .. } => format!(
+            "{e}; the ticket may have been altered: ask your teacher for the ticket again"
+        ),
+        FetchError::NoProvider(_) => format!(
+            "{e}; check the ticket, your network, and that a sharer is online, then run the same command again (what arrived is kept)"
+        ),
+        _ => e.to_string(),
+    };
+    let code = match &e {
+        FetchError::NoProvider(_) => UNREACHABLE,
+        FetchError::WrongAuthor { .. }
+        | FetchError::InvalidSignature
+        | FetchError::Untrusted(_) => UNTRUSTED,
+        FetchError::UnsafeManifest(_) | FetchError::Verification(_) => VERIFY,
+        FetchError::Store(_) => IO,
+    };
+    Exit::new(code, message).with_source(&e)
+}
+
+fn export_error(e: ExportError, root: Hash) -> Exit {
+    match &e {
+        ExportError::DestinationExists(_) => Exit::new(
+            IO,
+            format!(
+                "{e}. The lesson is safe in your store: write it elsewhere with `classe export {} DIR`",
+                root.to_hex()
+            ),
+        ),
+        ExportError::Write { .. } => Exit::new(IO, e.to_string()).with_source(&e),
+        _ => Exit::new(VERIFY, e.to_string()).with_source(&e),
+    }
+}
+
+/// A folder name from a title: the title itself when it is a safe single
+/// path component, with unsafe characters replaced otherwise.
+pub fn folder_name(title: &str, root: Hash) -> String {
+    let cleaned: String = title
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() || "<>:\"|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
+    if !cleaned.is_empty() && validate_path(&cleaned).is_ok() {
+        cleaned
+    } else {
+        format!("lesson-{}", &root.to_hex()[..8])
+    }
+}
+
+/// Asks on the terminal whether to trust an unknown author.
+fn ask_trust(manifest: &SignedManifest) -> bool {
+    let m = manifest.manifest();
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "The lesson \"{}\" ({} file(s), {}) is signed by\n  {}\nwhom you do not trust yet. Check this key with your teacher.",
+        m.title,
+        m.files.len(),
+        ui::bytes(m.total_size()),
+        m.author
+    )
+    .ok();
+    write!(err, "Trust this author from now on? [y/N] ").ok();
+    err.flush().ok();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes" | "o" | "oui"
+    )
+}
+
+pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
+    let started = Instant::now();
+    let ticket: Ticket = args
+        .ticket
+        .parse()
+        .map_err(|e: classe_bundle::TicketError| Exit::new(USAGE, e.to_string()))?;
+    let extra_trust: Vec<AuthorKey> = args
+        .trust
+        .iter()
+        .map(|k| parse_key(k))
+        .collect::<Result<_, _>>()?;
+    let trust_store = home.trust_store()?;
+    if let Some(out) = &args.out {
+        check_destination(out)?;
+    }
+
+    let node = home.spawn_node(&args.net).await?;
+    let root = Hash::from_bytes(ticket.root);
+    let request = FetchRequest {
+        root,
+        expected_author: Some(ticket.author),
+        providers: ticket.providers.clone(),
+    };
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let bar = ui::byte_bar(0, "fetching");
+    let ui_bar = bar.clone();
+    let ui_task = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            match event {
+                FetchEvent::Started {
+                    total_bytes,
+                    have_bytes,
+                    providers,
+                } => {
+                    ui_bar.set_length(total_bytes);
+                    ui_bar.set_position(have_bytes);
+                    ui_bar.set_message(format!("from {providers} peer(s)"));
+                    ui_bar.reset_eta();
+                }
+                FetchEvent::Progress { done_bytes } => ui_bar.set_position(done_bytes),
+                FetchEvent::ConnectFailed { peer, reason } => ui_bar.suspend(|| {
+                    eprintln!(
+                        "warning: cannot reach {}: {reason}",
+                        &peer[..10.min(peer.len())]
+                    )
+                }),
+                FetchEvent::ProviderDropped { peer, reason } => ui_bar.suspend(|| {
+                    eprintln!(
+                        "warning: stopped using {}: {reason}",
+                        &peer[..10.min(peer.len())]
+                    )
+                }),
+            }
+        }
+    });
+
+    let home_for_trust = home.clone();
+    let trust = move |manifest: SignedManifest| async move {
+        let author = manifest.manifest().author;
+        if extra_trust.contains(&author) || trust_store.contains(&author) {
+            return TrustDecision::Trusted;
+        }
+        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !interactive {
+            return TrustDecision::Refused;
+        }
+        let yes = tokio::task::spawn_blocking(move || ask_trust(&manifest))
+            .await
+            .unwrap_or(false);
+        if !yes {
+            return TrustDecision::Refused;
+        }
+        if let Ok(mut store) = home_for_trust.trust_store() {
+            store.add(author, "");
+            if let Err(e) = store.save() {
+                eprintln!("warning: could not save the trust list: {e}");
+            }
+        }
+        TrustDecision::Trusted
+    };
+
+    // Disk space: refuse up front rather than fail halfway.
+    let outcome = tokio::select! {
+        r = node.fetch(request, trust, tx) => Some(r),
+        _ = ui::shutdown_signal() => None,
+    };
+    ui_task.await.ok();
+    bar.finish_and_clear();
+    let report = match outcome {
+        None => {
+            node.shutdown().await;
+            return Err(Exit::new(
+                INTERRUPTED,
+                "interrupted; run the same command again to resume where it stopped",
+            ));
+        }
+        Some(Err(e)) => {
+            node.shutdown().await;
+            return Err(fetch_error(e));
+        }
+        Some(Ok(report)) => report,
+    };
+
+    let manifest = report.manifest.manifest();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(folder_name(&manifest.title, root)));
+    if let Some(free) = ui::available_space(&out) {
+        if free < manifest.total_size() {
+            node.shutdown().await;
+            return Err(Exit::new(
+                IO,
+                format!(
+                    "not enough disk space to write {}: {} needed, {} free. The lesson is in your store; free some space and run `classe export {} DIR`",
+                    out.display(),
+                    ui::bytes(manifest.total_size()),
+                    ui::bytes(free),
+                    root.to_hex()
+                ),
+            ));
+        }
+    }
+    if let Err(e) = node.store().export(root, &out).await {
+        node.shutdown().await;
+        return Err(export_error(e, root));
+    }
+    let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
+    if args.json {
+        let summary = serde_json::json!({
+            "root": root.to_hex(),
+            "title": manifest.title,
+            "author": manifest.author.to_string(),
+            "lesson_id": manifest.lesson_id.to_string(),
+            "version": manifest.version,
+            "out": out_abs.display().to_string(),
+            "files": manifest.files.iter().map(|f| serde_json::json!({
+                "path": f.path, "size": f.size,
+            })).collect::<Vec<_>>(),
+            "total_bytes": report.total_bytes,
+            "already_had_bytes": report.already_had_bytes,
+            "received_bytes": report.received_bytes,
+            "per_provider": report.per_provider,
+            "seconds": report.elapsed.as_secs_f64(),
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;
+        stdout
+            .flush()
+            .map_err(crate::exit::io("cannot write to stdout"))?;
+    }
+    eprintln!(
+        "Wrote \"{}\" ({} file(s), {}) to {}; received {} in {:.1}s, signature by {} verified.",
+        manifest.title,
+        manifest.files.len(),
+        ui::bytes(report.total_bytes),
+        out_abs.display(),
+        ui::bytes(report.received_bytes),
+        report.elapsed.as_secs_f64(),
+        manifest.author.short(),
+    );
+
+    if !args.no_seed {
+        eprintln!("Now sharing it with your classmates. Press Ctrl-C to stop.");
+        ui::shutdown_signal().await;
+    }
+    let stats = ui::stats_json(&node, started);
+    node.shutdown().await;
+    if let Some(path) = args.stats {
+        ui::write_json_file(&path, &stats)
+            .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Refuses a destination that exists and is not an empty folder, before
+/// any download.
+fn check_destination(out: &Path) -> Result<(), Exit> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(Exit::new(
+                IO,
+                format!(
+                    "{} already exists and is not empty; choose another --out",
+                    out.display()
+                ),
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => Err(Exit::new(
+            IO,
+            format!(
+                "{} exists and is not a folder; choose another --out",
+                out.display()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_names_are_safe() {
+        let root = Hash::new(b"x");
+        assert_eq!(folder_name("Les fractions", root), "Les fractions");
+        assert_eq!(folder_name("a/b", root), "a_b");
+        assert_eq!(
+            folder_name("..", root),
+            format!("lesson-{}", &root.to_hex()[..8])
+        );
+        assert_eq!(
+            folder_name("CON", root),
+            format!("lesson-{}", &root.to_hex()[..8])
+        );
+        assert_eq!(
+            folder_name("  ", root),
+            format!("lesson-{}", &root.to_hex()[..8])
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! `classe share PATH`: import, sign, print the ticket, serve.
+
+use std::{io::Write, path::PathBuf, time::Instant};
+
+use clap::Args;
+use classe_store::{ImportError, ImportOptions, ImportProgress};
+
+use crate::{
+    exit::{Exit, IO, USAGE},
+    home::Home,
+    ui, NetArgs,
+};
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// The folder or file to share.
+    path: PathBuf,
+    /// Title shown to pupils; also their default folder name. Default: the
+    /// folder's name.
+    #[arg(long)]
+    title: Option<String>,
+    /// Also draw the ticket as a QR code on stderr.
+    #[arg(long)]
+    qr: bool,
+    /// Start a new lesson instead of a new version of the lesson made from
+    /// this folder before.
+    #[arg(long)]
+    new_lesson: bool,
+    /// On exit, write bytes sent and received per peer as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn import_error(e: ImportError) -> Exit {
+    let code = match &e {
+        ImportError::ReadSource { .. }
+        | ImportError::Lessons { .. }
+        | ImportError::Store { .. } => IO,
+        ImportError::NotShareable(_) | ImportError::Empty(_) | ImportError::Manifest(_) => USAGE,
+    };
+    Exit::new(code, e.to_string()).with_source(&e)
+}
+
+pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
+    let started = Instant::now();
+    let secret = home.author_secret()?;
+    let node = home.spawn_node(&args.net).await?;
+
+    let bar = ui::byte_bar(0, "importing");
+    let options = ImportOptions {
+        title: args.title.clone(),
+        new_lesson: args.new_lesson,
+    };
+    let imported = node
+        .store()
+        .import(&args.path, &options, &secret, |p| match p {
+            ImportProgress::Found { bytes, .. } => bar.set_length(bytes),
+            ImportProgress::Imported(done) => bar.set_position(done),
+        })
+        .await;
+    bar.finish_and_clear();
+    let imported = match imported {
+        Ok(i) => i,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(import_error(e));
+        }
+    };
+    for s in &imported.skipped {
+        eprintln!("warning: skipped {}: {}", s.path.display(), s.reason);
+    }
+    let manifest = imported.manifest.manifest();
+    node.account_bundle(
+        imported.root,
+        std::iter::once(imported.root).chain(manifest.files.iter().map(|f| iroh_hash(f.hash))),
+    );
+    let ticket = node.ticket(imported.root, secret.public());
+    if ticket.providers.first().is_none_or(|p| p.addrs.is_empty()) {
+        eprintln!("warning: this machine has no network address pupils could use");
+    }
+
+    // The ticket alone on stdout, flushed now: scripts read this line.
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{ticket}").map_err(crate::exit::io("cannot write to stdout"))?;
+        out.flush()
+            .map_err(crate::exit::io("cannot write to stdout"))?;
+    }
+    eprintln!(
+        "Sharing \"{}\" version {}{}: {} file(s), {}.",
+        manifest.title,
+        manifest.version,
+        if imported.unchanged {
+            " (unchanged since last shared)"
+        } else {
+            ""
+        },
+        manifest.files.len(),
+        ui::bytes(manifest.total_size()),
+    );
+    eprintln!("Signed by your author key {}.", secret.public());
+    eprintln!("Pupils run: classe fetch <the ticket above>");
+    if args.qr {
+        ui::print_qr(&ticket.to_string());
+    }
+    eprintln!("Serving until Ctrl-C.");
+    ui::shutdown_signal().await;
+    eprintln!("Stopping.");
+    let stats = ui::stats_json(&node, started);
+    node.shutdown().await;
+    if let Some(path) = args.stats {
+        ui::write_json_file(&path, &stats)
+            .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn iroh_hash(bytes: [u8; 32]) -> classe_store::iroh_blobs::Hash {
+    classe_store::iroh_blobs::Hash::from_bytes(bytes)
+}

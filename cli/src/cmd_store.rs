@@ -1,0 +1,154 @@
+//! `classe ls`, `classe export`, `classe rm`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use classe_store::{iroh_blobs::Hash, Store};
+
+use crate::{
+    exit::{Exit, IO, USAGE, VERIFY},
+    home::Home,
+    ui,
+};
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The bundle's root hash (or a unique prefix of at least 8 characters).
+    root: String,
+    /// Folder to write; must not exist or be empty.
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The bundle's root hash (or a unique prefix of at least 8 characters).
+    root: String,
+}
+
+fn read_err(e: classe_store::ReadError) -> Exit {
+    Exit::new(VERIFY, e.to_string()).with_source(&e)
+}
+
+/// A full hex root, or a unique prefix among the pinned bundles.
+async fn resolve_root(store: &Store, text: &str) -> Result<Hash, Exit> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Ok(hash) = text.parse::<Hash>() {
+        return Ok(hash);
+    }
+    if text.len() < 8 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Exit::new(
+            USAGE,
+            format!("{text:?} is not a bundle root; `classe ls` lists them"),
+        ));
+    }
+    let matches: Vec<Hash> = store
+        .list()
+        .await
+        .map_err(read_err)?
+        .into_iter()
+        .map(|b| b.root)
+        .filter(|r| r.to_hex().starts_with(&text))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Exit::new(
+            USAGE,
+            format!("no bundle starting with {text} in your store"),
+        )),
+        _ => Err(Exit::new(
+            USAGE,
+            format!("{text} matches several bundles; give more characters"),
+        )),
+    }
+}
+
+pub async fn ls(home: &Home, args: LsArgs) -> Result<(), Exit> {
+    let store = home.open_store().await?;
+    let list = store.list().await;
+    store.shutdown().await;
+    let list = list.map_err(read_err)?;
+    if !args.json && list.is_empty() {
+        eprintln!("Your store is empty.");
+    }
+    for b in &list {
+        let m = b.manifest.manifest();
+        let size = m.total_size();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "root": b.root.to_hex(),
+                    "title": m.title,
+                    "author": m.author.to_string(),
+                    "lesson_id": m.lesson_id.to_string(),
+                    "version": m.version,
+                    "files": m.files.len(),
+                    "size": size,
+                    "local_bytes": b.local_bytes.min(size),
+                    "complete": b.complete,
+                })
+            );
+        } else {
+            println!(
+                "{}  {:<9} v{:<3} {:>9}  {}  {}",
+                &b.root.to_hex()[..16],
+                if b.complete { "complete" } else { "partial" },
+                m.version,
+                ui::bytes(size),
+                m.author.short(),
+                m.title
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn export(home: &Home, args: ExportArgs) -> Result<(), Exit> {
+    let store = home.open_store().await?;
+    let result = async {
+        let root = resolve_root(&store, &args.root).await?;
+        store.export(root, &args.dir).await.map_err(|e| match e {
+            classe_store::ExportError::DestinationExists(_)
+            | classe_store::ExportError::Write { .. } => Exit::new(IO, e.to_string()),
+            classe_store::ExportError::Read(classe_store::ReadError::Store(_)) => {
+                Exit::new(USAGE, format!("no bundle {} in your store", root.to_hex()))
+            }
+            _ => Exit::new(VERIFY, e.to_string()),
+        })
+    }
+    .await;
+    store.shutdown().await;
+    result?;
+    eprintln!("Wrote {}.", args.dir.display());
+    Ok(())
+}
+
+pub async fn rm(home: &Home, args: RmArgs) -> Result<(), Exit> {
+    let store = home.open_store().await?;
+    let result = async {
+        let root = resolve_root(&store, &args.root).await?;
+        let removed = store.remove(root).await.map_err(read_err)?;
+        if !removed {
+            return Err(Exit::new(
+                USAGE,
+                format!("no bundle {} in your store", root.to_hex()),
+            ));
+        }
+        Ok(root)
+    }
+    .await;
+    store.shutdown().await;
+    let root = result?;
+    classe_store::collect_garbage(&home.store_dir())
+        .await
+        .map_err(crate::exit::store_open)?;
+    eprintln!("Removed {}.", root.to_hex());
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Terminal output helpers: sizes, progress bars, QR codes, signals.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// `12.3 MB` style sizes (powers of 1000, as file managers show them).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A byte progress bar on stderr with rate and ETA; invisible when stderr
+/// is not a terminal (scripts, CI, the lab).
+pub fn byte_bar(total: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// Draws `text` as a QR code on stderr with half-block characters.
+pub fn print_qr(text: &str) {
+    // Uppercase base32 fits QR's compact alphanumeric mode; tickets parse
+    // in either case.
+    let upper = text.to_ascii_uppercase();
+    match qrcode::QrCode::with_error_correction_level(upper.as_bytes(), qrcode::EcLevel::L) {
+        Ok(code) => {
+            let image = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            let mut err = std::io::stderr().lock();
+            writeln!(err, "{image}").ok();
+        }
+        Err(e) => eprintln!("warning: cannot draw the ticket as a QR code: {e}"),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                tokio::signal::ctrl_c().await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.ok();
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically.
+pub fn write_json_file(path: &std::path::Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The node's traffic as the JSON that `--stats` writes.
+pub fn stats_json(node: &classe_node::Node, started: std::time::Instant) -> serde_json::Value {
+    serde_json::json!({
+        "node": data_encoding::HEXLOWER.encode(&node.id()),
+        "uptime_secs": started.elapsed().as_secs_f64(),
+        "traffic": node.traffic(),
+    })
+}
+
+/// Free bytes on the file system holding `path` (or its nearest existing
+/// ancestor).
+pub fn available_space(path: &std::path::Path) -> Option<u64> {
+    let mut p = Some(path);
+    while let Some(candidate) = p {
+        if candidate.exists() {
+            let stat = nix::sys::statvfs::statvfs(candidate).ok()?;
+            return Some(stat.blocks_available() as u64 * stat.fragment_size() as u64);
+        }
+        p = candidate.parent();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(super::bytes(0), "0 B");
+        assert_eq!(super::bytes(999), "999 B");
+        assert_eq!(super::bytes(20_000_000), "20.0 MB");
+    }
+}
