@@ -1,6 +1,9 @@
 //! End-to-end: the real `classe` binary, separate processes and homes, on
 //! loopback.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -53,7 +56,8 @@ fn fetched_tree_equals_shared_tree() {
 
     // The pupil's store lists it as complete.
     let ls = pupil.run(&["ls", "--json"]);
-    let entry: serde_json::Value = serde_json::from_str(stdout(&ls).lines().next().unwrap()).unwrap();
+    let entry: serde_json::Value =
+        serde_json::from_str(stdout(&ls).lines().next().unwrap()).unwrap();
     assert_eq!(entry["complete"], true);
     assert_eq!(entry["root"], summary["root"]);
 
@@ -165,10 +169,17 @@ fn killed_fetch_resumes_and_receives_less() {
     let out_arg = out_dir.to_str().unwrap().to_string();
 
     let mut cmd = pupil.cmd();
-    cmd.args(["fetch", &sharer.ticket, "--trust", &key, "--no-seed", "--json"])
-        .args(["--out", &out_arg])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "fetch",
+        &sharer.ticket,
+        "--trust",
+        &key,
+        "--no-seed",
+        "--json",
+    ])
+    .args(["--out", &out_arg])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     let mut first = Guard(cmd.spawn().unwrap());
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
@@ -178,7 +189,16 @@ fn killed_fetch_resumes_and_receives_less() {
     first.kill9();
     assert!(!out_dir.exists(), "a killed fetch left output behind");
 
-    let out = pupil.run(&["fetch", &sharer.ticket, "--trust", &key, "--no-seed", "--json", "--out", &out_arg]);
+    let out = pupil.run(&[
+        "fetch",
+        &sharer.ticket,
+        "--trust",
+        &key,
+        "--no-seed",
+        "--json",
+        "--out",
+        &out_arg,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(tree(&out_dir), tree(&lesson));
     let summary = json_line(&out);
@@ -186,7 +206,10 @@ fn killed_fetch_resumes_and_receives_less() {
     let had = summary["already_had_bytes"].as_u64().unwrap();
     let received = summary["received_bytes"].as_u64().unwrap();
     assert!(had > 0, "nothing was kept from the first run: {summary}");
-    assert!(received < total, "second run received {received} of {total}: {summary}");
+    assert!(
+        received < total,
+        "second run received {received} of {total}: {summary}"
+    );
     // No staging folder is left next to the output.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -205,7 +228,10 @@ fn damaged_ticket_is_a_usage_error() {
         let out = pupil.run(&["fetch", bad, "--no-seed"]);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("ticket") || err.contains("TICKET"), "{bad:?}: {err}");
+        assert!(
+            err.contains("ticket") || err.contains("TICKET"),
+            "{bad:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -230,7 +256,13 @@ fn unreachable_provider_fails_within_the_timeout() {
         }],
     };
     let start = std::time::Instant::now();
-    let out = pupil.run(&["fetch", &ticket.to_string(), "--no-seed", "--connect-timeout", "2"]);
+    let out = pupil.run(&[
+        "fetch",
+        &ticket.to_string(),
+        "--no-seed",
+        "--connect-timeout",
+        "2",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(start.elapsed() < Duration::from_secs(30));
     assert!(stderr(&out).contains("provider"), "{}", stderr(&out));
@@ -248,9 +280,20 @@ fn existing_destination_is_refused_before_downloading() {
     let out_dir = dir.path().join("taken");
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("mine.txt"), "do not touch").unwrap();
-    let out = pupil.run(&["fetch", &sharer.ticket, "--trust", &key, "--no-seed", "--out", out_dir.to_str().unwrap()]);
+    let out = pupil.run(&[
+        "fetch",
+        &sharer.ticket,
+        "--trust",
+        &key,
+        "--no-seed",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(out_dir.join("mine.txt")).unwrap(), "do not touch");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("mine.txt")).unwrap(),
+        "do not touch"
+    );
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
     sharer.stop();
 }
@@ -293,7 +336,10 @@ fn store_commands_list_export_and_remove() {
         .collect();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0]["lesson_id"], entries[1]["lesson_id"]);
-    let mut versions: Vec<u64> = entries.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    let mut versions: Vec<u64> = entries
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
     versions.sort();
     assert_eq!(versions, [1, 2]);
 

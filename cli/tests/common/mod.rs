@@ -75,10 +75,7 @@ impl User {
             .trim()
             .to_string();
         assert!(ticket.starts_with("classe"), "not a ticket: {ticket:?}");
-        Sharer {
-            child,
-            ticket,
-        }
+        Sharer { child, ticket }
     }
 }
 
@@ -92,7 +89,10 @@ impl Sharer {
     /// SIGTERM, then the exit status and stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         self.child.signal_term();
-        let status = self.child.wait_timeout(STEP_TIMEOUT).expect("share did not stop");
+        let status = self
+            .child
+            .wait_timeout(STEP_TIMEOUT)
+            .expect("share did not stop");
         let mut err = String::new();
         if let Some(mut e) = self.child.0.stderr.take() {
             use std::io::Read;
@@ -149,7 +149,9 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait for classe"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("classe did not finish within {limit:?}");
         }
     }
@@ -206,8 +208,11 @@ pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn make_lesson(dir: &Path, big: usize) {
     std::fs::create_dir_all(dir.join("chapitre 1/exercices")).expect("mkdir");
     std::fs::write(dir.join("README.txt"), "Bonjour la classe\n").expect("write");
-    std::fs::write(dir.join("chapitre 1/résumé — été.txt"), "Les fractions ½ ¾\n")
-        .expect("write");
+    std::fs::write(
+        dir.join("chapitre 1/résumé — été.txt"),
+        "Les fractions ½ ¾\n",
+    )
+    .expect("write");
     std::fs::write(dir.join("chapitre 1/exercices/vide.txt"), "").expect("write");
     std::fs::write(dir.join("vidéo.bin"), pseudo_random(big, 42)).expect("write");
 }
@@ -215,5 +220,6 @@ pub fn make_lesson(dir: &Path, big: usize) {
 pub fn json_line(out: &Output) -> serde_json::Value {
     let text = stdout(out);
     let line = text.lines().next().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}\n{}", stderr(out)))
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}\n{}", stderr(out)))
 }
