@@ -272,6 +272,8 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             "received_bytes": report.received_bytes,
             "per_provider": report.per_provider,
             "seconds": report.elapsed.as_secs_f64(),
+            "node_id": data_encoding::HEXLOWER.encode(&node.id()),
+            "addrs": node.provider_info().addrs,
         });
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;
