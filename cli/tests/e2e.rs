@@ -391,3 +391,80 @@ fn author_key_moves_between_machines() {
     let secret_line = secret_file.lines().nth(1).unwrap();
     assert!(!stdout(&out).contains(secret_line) && !stderr(&out).contains(secret_line));
 }
+
+/// A small tmpfs, unmounted on drop. None when this process may not mount
+/// (not root): the caller then says so and skips.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_is_reported_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let Some(_mount) = Tmpfs::mount(&small, "8m") else {
+        eprintln!("SKIPPED full_disk_is_reported_and_leaves_nothing: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let lesson = dir.path().join("lesson");
+    make_lesson(&lesson, 20 * MB);
+    let teacher = User::new(dir.path(), "teacher");
+    let key = teacher.id();
+    let sharer = teacher.share(&lesson, &[]);
+
+    // The store cannot hold the lesson.
+    let pupil = User::new(&small, "pupil");
+    let out_dir = dir.path().join("out");
+    let out = pupil.run(&[
+        "fetch",
+        &sharer.ticket,
+        "--trust",
+        &key,
+        "--no-seed",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk space"), "{}", stderr(&out));
+    assert!(!out_dir.exists());
+
+    // The store can, but the destination cannot.
+    let pupil = User::new(dir.path(), "pupil2");
+    let out_dir = small.join("out");
+    let out = pupil.run(&[
+        "fetch",
+        &sharer.ticket,
+        "--trust",
+        &key,
+        "--no-seed",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk space"), "{}", stderr(&out));
+    assert!(!out_dir.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("classe-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    sharer.stop();
+}

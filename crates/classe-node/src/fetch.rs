@@ -28,6 +28,7 @@ use classe_store::ReadError;
 use iroh::{endpoint::Connection, EndpointAddr, PublicKey, TransportAddr};
 use iroh_blobs::{
     api::remote::GetProgressItem,
+    get::GetError,
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
     Hash, HashAndFormat,
 };
@@ -48,7 +49,7 @@ pub struct FetchRequest {
 }
 
 /// The trust policy's answer for a manifest's signer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustDecision {
     /// Go on and download the files.
     Trusted,
@@ -171,6 +172,9 @@ struct Work {
     queue: Mutex<VecDeque<(Hash, u64)>>,
     done_bytes: std::sync::atomic::AtomicU64,
     per_provider: Mutex<BTreeMap<String, u64>>,
+    /// Set when writing to our own store failed (disk full, permissions):
+    /// no provider can fix that, so everyone stops.
+    local_failure: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -224,8 +228,9 @@ impl Node {
                 });
             }
         }
-        if trust(manifest.clone()).await != TrustDecision::Trusted {
-            return Err(FetchError::Untrusted(author));
+        match trust(manifest.clone()).await {
+            TrustDecision::Trusted => {}
+            TrustDecision::Refused => return Err(FetchError::Untrusted(author)),
         }
 
         // 3. Pin, then the files that are not complete yet.
@@ -255,6 +260,19 @@ impl Node {
         }
         // Duplicate contents were counted once per path; cap at the total.
         already = already.min(total_bytes);
+        let needed: u64 = missing.iter().map(|(_, size)| *size).sum();
+        if let Some(free) = available_space(store.dir()) {
+            // Data plus its BLAKE3 outboard (about 1/256 of it) and slack.
+            let want = needed + needed / 128 + 1024 * 1024;
+            if free < want {
+                return Err(FetchError::Store(format!(
+                    "not enough disk space in {}: {} MB needed, {} MB free",
+                    store.dir().display(),
+                    want.div_ceil(1_000_000),
+                    free / 1_000_000
+                )));
+            }
+        }
         events
             .try_send(FetchEvent::Started {
                 total_bytes,
@@ -277,6 +295,7 @@ impl Node {
                 queue: Mutex::new(missing.into_iter().collect()),
                 done_bytes: std::sync::atomic::AtomicU64::new(already),
                 per_provider: Mutex::new(BTreeMap::new()),
+                local_failure: Mutex::new(None),
             });
             let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
             let mut workers = tokio::task::JoinSet::new();
@@ -481,6 +500,12 @@ async fn provider_worker(
                     account(&work, &traffic, &provider.peer, root, delta, &events);
                     break Ok(());
                 }
+                Ok(Some(GetProgressItem::Error(GetError::LocalFailure { source, .. }))) => {
+                    let reason = format!("cannot write to the local store: {source}");
+                    *work.local_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    work.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    return;
+                }
                 Ok(Some(GetProgressItem::Error(e))) => break Err(e.to_string()),
             }
         };
@@ -509,6 +534,12 @@ async fn provider_worker(
             }
         }
     }
+}
+
+/// Free bytes on the file system holding `path`.
+fn available_space(path: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 fn account(
