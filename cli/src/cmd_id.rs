@@ -106,6 +106,8 @@ pub fn trust(home: &Home, cmd: TrustCommand) -> Result<(), Exit> {
     match cmd {
         TrustCommand::Add { key, name } => {
             let key = parse_key(&key)?;
+            // Without --name, an author already trusted keeps their name.
+            let name = name.or_else(|| store.name(&key).map(str::to_owned));
             store.add(key, name.as_deref().unwrap_or(""));
             save(&store)?;
             eprintln!("Trusted {key}.");

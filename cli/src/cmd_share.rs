@@ -35,6 +35,9 @@ pub struct ShareArgs {
 
 fn import_error(e: ImportError) -> Exit {
     let code = match &e {
+        ImportError::ReadSource { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            USAGE
+        }
         ImportError::ReadSource { .. }
         | ImportError::Lessons { .. }
         | ImportError::Store { .. } => IO,

@@ -169,12 +169,74 @@ struct Provider {
 
 /// Shared state of the file phase.
 struct Work {
-    queue: Mutex<VecDeque<(Hash, u64)>>,
+    /// Files nobody is fetching yet, and how many are being fetched.
+    queue: Mutex<Queue>,
+    /// Wakes idle workers when a file is put back or the last one ends.
+    changed: tokio::sync::Notify,
     done_bytes: std::sync::atomic::AtomicU64,
     per_provider: Mutex<BTreeMap<String, u64>>,
     /// Set when writing to our own store failed (disk full, permissions):
     /// no provider can fix that, so everyone stops.
     local_failure: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    todo: VecDeque<(Hash, u64)>,
+    active: usize,
+}
+
+impl Work {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next file to fetch. An idle worker waits while others are still
+    /// busy, since a file they fail on comes back to the queue; it gets
+    /// `None` only once nothing is queued and nothing is in progress.
+    async fn next(&self) -> Option<(Hash, u64)> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a wake-up between the look and
+            // the wait is not lost.
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if let Some(item) = q.todo.pop_front() {
+                    q.active += 1;
+                    return Some(item);
+                }
+                if q.active == 0 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A worker is done with a file; `retry` puts it back for others.
+    fn finish(&self, item: (Hash, u64), retry: bool) {
+        {
+            let mut q = self.lock();
+            q.active -= 1;
+            if retry {
+                q.todo.push_back(item);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Stops everyone: a local failure no provider can fix.
+    fn abort(&self, reason: String) {
+        *self.local_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        {
+            let mut q = self.lock();
+            q.todo.clear();
+            q.active = q.active.saturating_sub(1);
+        }
+        self.changed.notify_waiters();
+    }
 }
 
 impl Node {
@@ -292,7 +354,11 @@ impl Node {
             let mut missing: Vec<_> = missing.into_iter().collect();
             missing.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
             let work = Arc::new(Work {
-                queue: Mutex::new(missing.into_iter().collect()),
+                queue: Mutex::new(Queue {
+                    todo: missing.into_iter().collect(),
+                    active: 0,
+                }),
+                changed: tokio::sync::Notify::new(),
                 done_bytes: std::sync::atomic::AtomicU64::new(already),
                 per_provider: Mutex::new(BTreeMap::new()),
                 local_failure: Mutex::new(None),
@@ -313,6 +379,13 @@ impl Node {
             while workers.join_next().await.is_some() {}
             let work = Arc::try_unwrap(work)
                 .map_err(|_| FetchError::Store("internal: fetch workers still running".into()))?;
+            if let Some(reason) = work
+                .local_failure
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+            {
+                return Err(FetchError::Store(reason));
+            }
             for (peer, bytes) in work
                 .per_provider
                 .into_inner()
@@ -470,13 +543,7 @@ async fn provider_worker(
     idle: Duration,
     pacer: Option<Arc<Pacer>>,
 ) {
-    loop {
-        let next = work
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        let Some((hash, size)) = next else { break };
+    while let Some((hash, size)) = work.next().await {
         let progress = store
             .blobs()
             .remote()
@@ -501,9 +568,7 @@ async fn provider_worker(
                     break Ok(());
                 }
                 Ok(Some(GetProgressItem::Error(GetError::LocalFailure { source, .. }))) => {
-                    let reason = format!("cannot write to the local store: {source}");
-                    *work.local_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-                    work.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    work.abort(format!("cannot write to the local store: {source}"));
                     return;
                 }
                 Ok(Some(GetProgressItem::Error(e))) => break Err(e.to_string()),
@@ -511,24 +576,16 @@ async fn provider_worker(
         };
         let complete = store.blob_complete(hash, size).await.unwrap_or(false);
         match outcome {
-            Ok(()) if complete => {}
+            Ok(()) if complete => work.finish((hash, size), false),
             Ok(()) => {
                 // The provider claimed success but the blob is not whole
                 // (it does not have it all). Let someone else try.
-                work.queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back((hash, size));
+                work.finish((hash, size), true);
                 drop_provider(&provider, "does not have the whole file", &events);
                 return;
             }
             Err(reason) => {
-                if !complete {
-                    work.queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back((hash, size));
-                }
+                work.finish((hash, size), !complete);
                 drop_provider(&provider, &reason, &events);
                 return;
             }

@@ -176,11 +176,11 @@ fn spawn_counter(
             match update {
                 Ok(Some(RequestUpdate::Started(s))) => current = s.hash,
                 Ok(Some(RequestUpdate::Completed(c))) => {
-                    traffic.add_sent(&peer, Some(current), c.stats.payload_bytes_sent);
+                    traffic.add_sent(&peer, &[current, request_hash], c.stats.payload_bytes_sent);
                     break;
                 }
                 Ok(Some(RequestUpdate::Aborted(a))) => {
-                    traffic.add_sent(&peer, Some(current), a.stats.payload_bytes_sent);
+                    traffic.add_sent(&peer, &[current, request_hash], a.stats.payload_bytes_sent);
                     break;
                 }
                 Ok(Some(RequestUpdate::Progress(_))) => {}

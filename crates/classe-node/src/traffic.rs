@@ -61,8 +61,10 @@ impl Traffic {
         });
     }
 
-    /// Records bytes sent to `peer` for content `hash`.
-    pub fn add_sent(&self, peer: &str, hash: Option<Hash>, bytes: u64) {
+    /// Records bytes sent to `peer`, counted against the bundle of the
+    /// first of `hashes` that belongs to one (a request for a bundle's
+    /// root also carries its manifest, which is not registered itself).
+    pub fn add_sent(&self, peer: &str, hashes: &[Hash], bytes: u64) {
         self.with(|inner| {
             inner.snapshot.sent += bytes;
             inner
@@ -71,7 +73,7 @@ impl Traffic {
                 .entry(peer.to_string())
                 .or_default()
                 .sent += bytes;
-            if let Some(root) = hash.and_then(|h| inner.bundle_of.get(&h).copied()) {
+            if let Some(root) = hashes.iter().find_map(|h| inner.bundle_of.get(h).copied()) {
                 inner
                     .snapshot
                     .bundles

@@ -294,6 +294,12 @@ impl Store {
         if let Some((root, signed)) = &previous {
             let m = signed.manifest();
             if m.files == files && m.title == title {
+                // Pin again: the bundle may have been unpinned (`classe rm`)
+                // while its blobs were still in the store.
+                self.pin(*root).await.map_err(|e| ImportError::Store {
+                    path: source.display().to_string(),
+                    reason: e.to_string(),
+                })?;
                 return Ok(Imported {
                     root: *root,
                     manifest: signed.clone(),
