@@ -75,10 +75,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
         eprintln!("warning: skipped {}: {}", s.path.display(), s.reason);
     }
     let manifest = imported.manifest.manifest();
-    node.account_bundle(
-        imported.root,
-        std::iter::once(imported.root).chain(manifest.files.iter().map(|f| iroh_hash(f.hash))),
-    );
+    node.serve_bundle(imported.root, manifest);
     let ticket = node.ticket(imported.root, secret.public());
     if ticket.providers.first().is_none_or(|p| p.addrs.is_empty()) {
         eprintln!("warning: this machine has no network address pupils could use");
@@ -118,8 +115,4 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
     }
     Ok(())
-}
-
-fn iroh_hash(bytes: [u8; 32]) -> classe_store::iroh_blobs::Hash {
-    classe_store::iroh_blobs::Hash::from_bytes(bytes)
 }

@@ -16,7 +16,7 @@
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     future::Future,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,15 +27,12 @@ use classe_bundle::{
 use classe_store::ReadError;
 use iroh::{endpoint::Connection, EndpointAddr, PublicKey, TransportAddr};
 use iroh_blobs::{
-    api::remote::GetProgressItem,
-    get::GetError,
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
-    Hash, HashAndFormat,
+    Hash,
 };
-use n0_future::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::{provider::Pacer, Node};
+use crate::Node;
 
 /// What to fetch and from whom.
 #[derive(Debug, Clone)]
@@ -164,79 +161,8 @@ impl From<ReadError> for FetchError {
 
 struct Provider {
     peer: String,
+    info: ProviderInfo,
     conn: Connection,
-}
-
-/// Shared state of the file phase.
-struct Work {
-    /// Files nobody is fetching yet, and how many are being fetched.
-    queue: Mutex<Queue>,
-    /// Wakes idle workers when a file is put back or the last one ends.
-    changed: tokio::sync::Notify,
-    done_bytes: std::sync::atomic::AtomicU64,
-    per_provider: Mutex<BTreeMap<String, u64>>,
-    /// Set when writing to our own store failed (disk full, permissions):
-    /// no provider can fix that, so everyone stops.
-    local_failure: Mutex<Option<String>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    todo: VecDeque<(Hash, u64)>,
-    active: usize,
-}
-
-impl Work {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The next file to fetch. An idle worker waits while others are still
-    /// busy, since a file they fail on comes back to the queue; it gets
-    /// `None` only once nothing is queued and nothing is in progress.
-    async fn next(&self) -> Option<(Hash, u64)> {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Register before looking, so a wake-up between the look and
-            // the wait is not lost.
-            notified.as_mut().enable();
-            {
-                let mut q = self.lock();
-                if let Some(item) = q.todo.pop_front() {
-                    q.active += 1;
-                    return Some(item);
-                }
-                if q.active == 0 {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// A worker is done with a file; `retry` puts it back for others.
-    fn finish(&self, item: (Hash, u64), retry: bool) {
-        {
-            let mut q = self.lock();
-            q.active -= 1;
-            if retry {
-                q.todo.push_back(item);
-            }
-        }
-        self.changed.notify_waiters();
-    }
-
-    /// Stops everyone: a local failure no provider can fix.
-    fn abort(&self, reason: String) {
-        *self.local_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-        {
-            let mut q = self.lock();
-            q.todo.clear();
-            q.active = q.active.saturating_sub(1);
-        }
-        self.changed.notify_waiters();
-    }
 }
 
 impl Node {
@@ -344,56 +270,28 @@ impl Node {
             .ok();
 
         if !missing.is_empty() {
-            if providers.is_empty() {
+            if providers.is_empty() && self.swarm_registry().peers(root).is_empty() {
                 return Err(FetchError::NoProvider(
                     "none of the ticket's providers answered; is the teacher's classe still running and reachable?".into(),
                 ));
             }
-            // Largest first: the long transfers start early and the small
-            // ones fill the gaps at the end.
-            let mut missing: Vec<_> = missing.into_iter().collect();
-            missing.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
-            let work = Arc::new(Work {
-                queue: Mutex::new(Queue {
-                    todo: missing.into_iter().collect(),
-                    active: 0,
-                }),
-                changed: tokio::sync::Notify::new(),
-                done_bytes: std::sync::atomic::AtomicU64::new(already),
-                per_provider: Mutex::new(BTreeMap::new()),
-                local_failure: Mutex::new(None),
-            });
-            let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
-            let mut workers = tokio::task::JoinSet::new();
-            for provider in providers.drain(..) {
-                let work = work.clone();
-                let store = store.clone();
-                let events = events.clone();
-                let traffic = self.traffic_handle().clone();
-                let idle = self.config().idle_timeout;
-                let pacer = pacer.clone();
-                workers.spawn(async move {
-                    provider_worker(provider, root, work, store, events, traffic, idle, pacer).await
-                });
-            }
-            while workers.join_next().await.is_some() {}
-            let work = Arc::try_unwrap(work)
-                .map_err(|_| FetchError::Store("internal: fetch workers still running".into()))?;
-            if let Some(reason) = work
-                .local_failure
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-            {
-                return Err(FetchError::Store(reason));
-            }
-            for (peer, bytes) in work
-                .per_provider
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-            {
-                received += bytes;
+            let layout = Arc::new(crate::swarm::BundleLayout::from_manifest(
+                manifest.manifest(),
+            ));
+            let connected = providers
+                .drain(..)
+                .map(|p| crate::download::Connected {
+                    info: p.info,
+                    conn: p.conn,
+                })
+                .collect();
+            let report = self
+                .download(root, layout, connected, events.clone(), already)
+                .await?;
+            for (peer, bytes) in report.per_provider {
                 *per_provider.entry(peer).or_default() += bytes;
             }
+            received += report.received;
         }
 
         // 4. Everything verified while streaming; check completeness and
@@ -462,14 +360,16 @@ impl Node {
                     }
                 }
                 .await;
-                (peer, result)
+                (peer, info, result)
             });
         }
         let mut out = Vec::new();
         while let Some(joined) = set.join_next().await {
-            let Ok((peer, result)) = joined else { continue };
+            let Ok((peer, info, result)) = joined else {
+                continue;
+            };
             match result {
-                Ok(conn) => out.push(Provider { peer, conn }),
+                Ok(conn) => out.push(Provider { peer, info, conn }),
                 Err(reason) => {
                     tracing::warn!(%peer, %reason, "provider unreachable");
                     events
@@ -532,107 +432,8 @@ impl Node {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn provider_worker(
-    provider: Provider,
-    root: Hash,
-    work: Arc<Work>,
-    store: classe_store::Store,
-    events: mpsc::Sender<FetchEvent>,
-    traffic: Arc<crate::Traffic>,
-    idle: Duration,
-    pacer: Option<Arc<Pacer>>,
-) {
-    while let Some((hash, size)) = work.next().await {
-        let progress = store
-            .blobs()
-            .remote()
-            .fetch(provider.conn.clone(), HashAndFormat::raw(hash));
-        let mut stream = std::pin::pin!(progress.stream());
-        let mut last = 0u64;
-        let outcome: Result<(), String> = loop {
-            match tokio::time::timeout(idle, stream.next()).await {
-                Err(_) => break Err(format!("no data for {}s", idle.as_secs())),
-                Ok(None) => break Err("transfer ended without a result".into()),
-                Ok(Some(GetProgressItem::Progress(n))) => {
-                    let delta = n.saturating_sub(last);
-                    last = n;
-                    account(&work, &traffic, &provider.peer, root, delta, &events);
-                    if let Some(pacer) = &pacer {
-                        tokio::time::sleep_until(pacer.reserve(delta)).await;
-                    }
-                }
-                Ok(Some(GetProgressItem::Done(stats))) => {
-                    let delta = stats.payload_bytes_read.saturating_sub(last);
-                    account(&work, &traffic, &provider.peer, root, delta, &events);
-                    break Ok(());
-                }
-                Ok(Some(GetProgressItem::Error(GetError::LocalFailure { source, .. }))) => {
-                    work.abort(format!("cannot write to the local store: {source}"));
-                    return;
-                }
-                Ok(Some(GetProgressItem::Error(e))) => break Err(e.to_string()),
-            }
-        };
-        let complete = store.blob_complete(hash, size).await.unwrap_or(false);
-        match outcome {
-            Ok(()) if complete => work.finish((hash, size), false),
-            Ok(()) => {
-                // The provider claimed success but the blob is not whole
-                // (it does not have it all). Let someone else try.
-                work.finish((hash, size), true);
-                drop_provider(&provider, "does not have the whole file", &events);
-                return;
-            }
-            Err(reason) => {
-                work.finish((hash, size), !complete);
-                drop_provider(&provider, &reason, &events);
-                return;
-            }
-        }
-    }
-}
-
 /// Free bytes on the file system holding `path`.
 fn available_space(path: &std::path::Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
-}
-
-fn account(
-    work: &Work,
-    traffic: &crate::Traffic,
-    peer: &str,
-    root: Hash,
-    delta: u64,
-    events: &mpsc::Sender<FetchEvent>,
-) {
-    if delta == 0 {
-        return;
-    }
-    *work
-        .per_provider
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(peer.to_string())
-        .or_default() += delta;
-    traffic.add_received(peer, root, delta);
-    let done = work
-        .done_bytes
-        .fetch_add(delta, std::sync::atomic::Ordering::Relaxed)
-        + delta;
-    events
-        .try_send(FetchEvent::Progress { done_bytes: done })
-        .ok();
-}
-
-fn drop_provider(provider: &Provider, reason: &str, events: &mpsc::Sender<FetchEvent>) {
-    tracing::warn!(peer = %provider.peer, %reason, "dropping provider");
-    provider.conn.close(0u32.into(), b"dropped");
-    events
-        .try_send(FetchEvent::ProviderDropped {
-            peer: provider.peer.clone(),
-            reason: reason.to_string(),
-        })
-        .ok();
 }

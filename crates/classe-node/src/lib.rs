@@ -19,8 +19,10 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod download;
 mod fetch;
 mod provider;
+mod swarm;
 mod traffic;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -92,6 +94,7 @@ pub struct Node {
     router: Router,
     store: Store,
     traffic: Arc<Traffic>,
+    registry: Arc<swarm::Registry>,
     config: NodeConfig,
     cancel: CancellationToken,
     events_task: tokio::task::JoinHandle<()>,
@@ -129,11 +132,21 @@ impl Node {
             .map_err(|e| bind_err(e.to_string()))?;
         let traffic = Arc::new(Traffic::default());
         let cancel = CancellationToken::new();
-        let (events, events_task) =
-            provider::spawn_events(traffic.clone(), &config, cancel.child_token());
+        let registry = Arc::new(swarm::Registry::default());
+        let (events, events_task) = provider::spawn_events(
+            traffic.clone(),
+            registry.clone(),
+            &config,
+            cancel.child_token(),
+        );
         let blobs = BlobsProtocol::new(store.blobs(), Some(events));
+        let swarm_handler = swarm::Handler {
+            registry: registry.clone(),
+            store: store.clone(),
+        };
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
+            .accept(swarm::ALPN, swarm_handler)
             .spawn();
         tracing::info!(node = %endpoint.id().fmt_short(), addrs = ?endpoint.bound_sockets(), "node started");
         Ok(Self {
@@ -141,6 +154,7 @@ impl Node {
             router,
             store,
             traffic,
+            registry,
             config,
             cancel,
             events_task,
@@ -193,6 +207,18 @@ impl Node {
         self.traffic.register_bundle(root, files);
     }
 
+    /// Serves a bundle held whole in the store (one just shared): counts
+    /// its bytes, announces its pieces to swarm peers, and applies the
+    /// seed's send-each-piece-once rule to it.
+    pub fn serve_bundle(&self, root: Hash, manifest: &classe_bundle::Manifest) {
+        self.account_bundle(
+            root,
+            manifest.files.iter().map(|f| Hash::from_bytes(f.hash)),
+        );
+        self.registry
+            .serve(root, Arc::new(swarm::BundleLayout::from_manifest(manifest)));
+    }
+
     /// Bytes sent and received so far, per peer and per bundle.
     pub fn traffic(&self) -> TrafficSnapshot {
         self.traffic.snapshot()
@@ -219,5 +245,9 @@ impl Node {
 
     pub(crate) fn traffic_handle(&self) -> &Arc<Traffic> {
         &self.traffic
+    }
+
+    pub(crate) fn swarm_registry(&self) -> &Arc<swarm::Registry> {
+        &self.registry
     }
 }

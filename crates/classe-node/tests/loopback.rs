@@ -89,26 +89,32 @@ async fn teacher_and_two_pupils_share_on_loopback() -> Result<()> {
     let report = pupil2.fetch(both, trusted, events()).await?;
     assert_eq!(report.per_provider.len(), 2, "{:?}", report.per_provider);
     assert!(report.per_provider.values().all(|b| *b > 0));
-    // The providers' own accounting agrees with the fetcher's.
+    // The provider's own accounting covers what the fetcher received from
+    // it (it may be more: endgame duplicates cancelled in flight).
     let pupil2_hex = data_encoding::HEXLOWER.encode(&pupil2.id());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent_by_pupil1 = pupil1.traffic().peers.get(&pupil2_hex).map(|p| p.sent);
     let pupil1_hex = data_encoding::HEXLOWER.encode(&pupil1.id());
-    assert_eq!(
-        sent_by_pupil1,
-        report.per_provider.get(&pupil1_hex).copied()
+    let received_from_pupil1 = report.per_provider[&pupil1_hex];
+    assert!(
+        sent_by_pupil1.is_some_and(|s| s >= received_from_pupil1),
+        "{sent_by_pupil1:?} < {received_from_pupil1}"
     );
 
-    // With the teacher gone, a third pupil gets everything from pupil 1.
+    // With the teacher gone, a third pupil whose ticket names the teacher
+    // and pupil 1 gets everything from pupils: pupil 1, and pupil 2, whom
+    // it learns of from pupil 1 (peer exchange).
     teacher.shutdown().await;
     let pupil3 = node(dir.path(), "pupil3").await?;
     let mut from_pupil = request;
     from_pupil.providers.push(pupil1.provider_info());
     let report = pupil3.fetch(from_pupil, trusted, events()).await?;
-    assert_eq!(
-        report.per_provider.keys().collect::<Vec<_>>(),
-        [&pupil1_hex]
-    );
+    assert!(!report.per_provider.contains_key(&teacher_hex));
+    assert!(report.per_provider.contains_key(&pupil1_hex));
+    assert!(report
+        .per_provider
+        .keys()
+        .all(|k| *k == pupil1_hex || *k == pupil2_hex));
     let out = dir.path().join("out3");
     pupil3.store().export(imported.root, &out).await?;
     assert_eq!(
@@ -278,7 +284,9 @@ async fn provider_sending_corrupt_bytes_is_dropped_and_fetch_completes() -> Resu
         if path.extension().is_some_and(|e| e == "data") {
             let mut bytes = std::fs::read(&path)?;
             if bytes.len() > 100_000 {
+                // One bad byte in each 256 KiB piece.
                 bytes[100_000] ^= 0xff;
+                bytes[280_000] ^= 0xff;
                 std::fs::write(&path, bytes)?;
                 flipped += 1;
             }

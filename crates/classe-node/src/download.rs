@@ -1,0 +1,554 @@
+//! The file phase of a fetch: piece by piece, from every peer at once.
+//!
+//! ```text
+//!                 +--------------------- driver (one task) ----------------------+
+//!  sessions  ---> | events ─> classe_swarm::Scheduler ─> actions                  |
+//!  (swarm ALPN)   |   Welcome/Update (have, peers)        Request ─> request task |--> iroh-blobs
+//!  requests  ---> |   Progress, PieceDone                 Cancel  ─> abort        |    range get
+//!  connects  ---> |   Connected                           DropPeer ─> close       |
+//!                 +---------------------------------------------------------------+
+//! ```
+//!
+//! The scheduler decides; this driver only does what it says over real
+//! connections and reports back. Every piece is a range request of one
+//! blob, verified by iroh-blobs while it streams; pieces we hold are
+//! announced at once to everyone subscribed to us, so classmates can fetch
+//! them from us before we have the whole lesson.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use classe_bundle::ProviderInfo;
+use classe_swarm::{Action, BitSet, Config, Event, FailReason, PieceId, Scheduler};
+use iroh::{endpoint::Connection, EndpointAddr, PublicKey, TransportAddr};
+use iroh_blobs::{
+    api::remote::GetProgressItem,
+    get::{fsm::DecodeError, GetError},
+    protocol::{ChunkRanges, ChunkRangesExt, GetRequest, ERR_LIMIT, ERR_PERMISSION},
+    Hash,
+};
+use n0_future::StreamExt;
+use tokio::{sync::mpsc, task::AbortHandle};
+
+use crate::{
+    fetch::FetchEvent,
+    provider::Pacer,
+    swarm::{self, BundleLayout, ClientMsg, ServerMsg},
+    FetchError, Node,
+};
+
+/// Most peers connected at once for one download.
+const MAX_PEERS: usize = 32;
+/// Events queued for the driver.
+const EVENT_QUEUE: usize = 4096;
+
+type NodeKey = [u8; 32];
+
+/// A provider already connected for iroh-blobs before the file phase.
+pub(crate) struct Connected {
+    pub info: ProviderInfo,
+    pub conn: Connection,
+}
+
+enum DriverEvent {
+    Connected(ProviderInfo, Result<Connection, String>),
+    Welcome {
+        peer: NodeKey,
+        pieces: u32,
+        have: swarm::Have,
+        peers: Vec<ProviderInfo>,
+    },
+    Update {
+        peer: NodeKey,
+        pieces: Vec<PieceId>,
+        peers: Vec<ProviderInfo>,
+    },
+    /// The peer does not speak the swarm protocol: treat it as a plain
+    /// provider of the whole bundle.
+    NoSession(NodeKey),
+    SessionEnded(NodeKey),
+    Progress(NodeKey, u64),
+    PieceDone(NodeKey, PieceId, Result<(), Outcome>),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Fail(FailReason, String),
+    Local(String),
+}
+
+struct Peer {
+    conn: Connection,
+    session: AbortHandle,
+}
+
+/// What the file phase did.
+pub(crate) struct Report {
+    pub per_provider: BTreeMap<String, u64>,
+    pub received: u64,
+}
+
+fn hex(key: &NodeKey) -> String {
+    data_encoding::HEXLOWER.encode(key)
+}
+
+pub(crate) fn endpoint_addr(info: &ProviderInfo) -> Option<EndpointAddr> {
+    let id = PublicKey::from_bytes(&info.node_id).ok()?;
+    let mut addrs: Vec<TransportAddr> = info.addrs.iter().copied().map(TransportAddr::Ip).collect();
+    if let Some(url) = info.relay_url.as_ref().and_then(|u| u.parse().ok()) {
+        addrs.push(TransportAddr::Relay(url));
+    }
+    Some(EndpointAddr::from_parts(id, addrs))
+}
+
+/// True if `have` includes all of `want`.
+fn covers(have: &ChunkRanges, want: &ChunkRanges) -> bool {
+    let both: ChunkRanges = want & have;
+    both == *want
+}
+
+/// Which pieces of the layout are complete in the store.
+async fn local_pieces(store: &classe_store::Store, layout: &BundleLayout) -> BitSet {
+    let mut have = BitSet::new(layout.layout.piece_count());
+    for (i, hash) in layout.blobs.iter().enumerate() {
+        let Ok(bitfield) = store.blobs().blobs().observe(*hash).await else {
+            continue;
+        };
+        for piece in layout.layout.file_pieces(i) {
+            let Some(span) = layout.layout.span(piece) else {
+                continue;
+            };
+            let want = ChunkRanges::bytes(span.offset..span.offset + span.len);
+            if covers(&bitfield.ranges, &want) {
+                have.insert(piece);
+            }
+        }
+    }
+    have
+}
+
+impl Node {
+    /// Downloads every missing piece of `root` from `providers` and from
+    /// every peer they lead to.
+    pub(crate) async fn download(
+        &self,
+        root: Hash,
+        layout: Arc<BundleLayout>,
+        providers: Vec<Connected>,
+        events: mpsc::Sender<FetchEvent>,
+        done_before: u64,
+    ) -> Result<Report, FetchError> {
+        let store = self.store().clone();
+        let started = Instant::now();
+        let have = local_pieces(&store, &layout).await;
+        self.swarm_registry()
+            .start(root, layout.clone(), have.clone());
+        let seed = u64::from_le_bytes(self.id()[..8].try_into().unwrap_or([0; 8]))
+            ^ started.elapsed().as_nanos() as u64;
+        let mut sched: Scheduler<NodeKey> =
+            Scheduler::new(layout.layout.clone(), have, Config::default(), seed);
+        let (tx, mut rx) = mpsc::channel::<DriverEvent>(EVENT_QUEUE);
+        let me = self.provider_info();
+        let mut peers: HashMap<NodeKey, Peer> = HashMap::new();
+        let mut connecting: HashSet<NodeKey> = HashSet::new();
+        let mut tried: HashSet<NodeKey> = HashSet::new();
+        let mut backlog: Vec<ProviderInfo> = Vec::new();
+        let mut requests: HashMap<(NodeKey, PieceId), AbortHandle> = HashMap::new();
+        let mut report = Report {
+            per_provider: BTreeMap::new(),
+            received: 0,
+        };
+        let mut done_bytes = done_before;
+        let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
+        let idle = self.config().idle_timeout;
+        tried.insert(me.node_id);
+
+        for p in providers {
+            tried.insert(p.info.node_id);
+            self.add_peer(
+                &mut peers, &mut sched, started, root, &me, p.info, p.conn, &tx,
+            );
+        }
+        for info in self.swarm_registry().peers(root) {
+            backlog.push(info);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            // Dial learned peers while there is room.
+            while peers.len() + connecting.len() < MAX_PEERS {
+                let Some(info) = backlog.pop() else { break };
+                if !tried.insert(info.node_id) {
+                    continue;
+                }
+                connecting.insert(info.node_id);
+                let endpoint = self.endpoint().clone();
+                let timeout = self.config().connect_timeout;
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let result = match endpoint_addr(&info) {
+                        None => Err("invalid node id".to_string()),
+                        Some(addr) => match tokio::time::timeout(
+                            timeout,
+                            endpoint.connect(addr, iroh_blobs::ALPN),
+                        )
+                        .await
+                        {
+                            Ok(Ok(conn)) => Ok(conn),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("no answer".into()),
+                        },
+                    };
+                    tx.send(DriverEvent::Connected(info, result)).await.ok();
+                });
+            }
+
+            let now = started.elapsed();
+            for action in sched.poll(now) {
+                match action {
+                    Action::Request(peer, piece) => {
+                        let Some(p) = peers.get(&peer) else { continue };
+                        let Some(span) = layout.layout.span(piece) else {
+                            continue;
+                        };
+                        let hash = layout.blobs[span.file];
+                        let handle = tokio::spawn(request_piece(
+                            store.clone(),
+                            p.conn.clone(),
+                            peer,
+                            piece,
+                            hash,
+                            span.offset,
+                            span.len,
+                            idle,
+                            pacer.clone(),
+                            tx.clone(),
+                        ))
+                        .abort_handle();
+                        requests.insert((peer, piece), handle);
+                    }
+                    Action::Cancel(peer, piece) => {
+                        if let Some(h) = requests.remove(&(peer, piece)) {
+                            h.abort();
+                        }
+                    }
+                    Action::DropPeer(peer, reason) => {
+                        if let Some(p) = peers.remove(&peer) {
+                            p.session.abort();
+                            p.conn.close(0u32.into(), b"dropped");
+                        }
+                        requests.retain(|(q, _), h| {
+                            if *q == peer {
+                                h.abort();
+                            }
+                            *q != peer
+                        });
+                        tracing::warn!(peer = %hex(&peer), %reason, "dropping peer");
+                        events
+                            .try_send(FetchEvent::ProviderDropped {
+                                peer: hex(&peer),
+                                reason,
+                            })
+                            .ok();
+                    }
+                }
+            }
+            if sched.is_complete() {
+                break Ok(());
+            }
+            if peers.is_empty() && connecting.is_empty() && backlog.is_empty() {
+                break Err(FetchError::NoProvider(format!(
+                    "every peer failed or left with {} of {} pieces still missing",
+                    layout.layout.piece_count() - sched.have().count(),
+                    layout.layout.piece_count()
+                )));
+            }
+
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = tick.tick() => continue,
+            };
+            let Some(event) = event else { continue };
+            let now = started.elapsed();
+            match event {
+                DriverEvent::Connected(info, Ok(conn)) => {
+                    connecting.remove(&info.node_id);
+                    self.add_peer(&mut peers, &mut sched, started, root, &me, info, conn, &tx);
+                }
+                DriverEvent::Connected(info, Err(reason)) => {
+                    connecting.remove(&info.node_id);
+                    tracing::debug!(peer = %hex(&info.node_id), %reason, "peer unreachable");
+                }
+                DriverEvent::Welcome {
+                    peer,
+                    pieces,
+                    have,
+                    peers: learned,
+                } => {
+                    if pieces == layout.layout.piece_count() {
+                        if let Some(set) = swarm::have_set(&have, pieces) {
+                            sched.handle(now, Event::HaveSet(peer, set));
+                        }
+                    }
+                    self.learn(root, learned, &mut backlog);
+                }
+                DriverEvent::Update {
+                    peer,
+                    pieces,
+                    peers: learned,
+                } => {
+                    for piece in pieces {
+                        if piece < layout.layout.piece_count() {
+                            sched.handle(now, Event::Have(peer, piece));
+                        }
+                    }
+                    self.learn(root, learned, &mut backlog);
+                }
+                DriverEvent::NoSession(peer) => sched.handle(now, Event::HaveAll(peer)),
+                DriverEvent::SessionEnded(peer) => {
+                    // It left the swarm; its requests fail on their own.
+                    if let Some(p) = peers.remove(&peer) {
+                        p.conn.close(0u32.into(), b"left");
+                    }
+                    sched.handle(now, Event::PeerLeft(peer));
+                }
+                DriverEvent::Progress(peer, bytes) => {
+                    let key = hex(&peer);
+                    *report.per_provider.entry(key.clone()).or_default() += bytes;
+                    report.received += bytes;
+                    self.traffic_handle().add_received(&key, root, bytes);
+                    done_bytes += bytes;
+                    events.try_send(FetchEvent::Progress { done_bytes }).ok();
+                }
+                DriverEvent::PieceDone(peer, piece, result) => {
+                    requests.remove(&(peer, piece));
+                    match result {
+                        Ok(()) => {
+                            let had = sched.have().contains(piece);
+                            sched.handle(now, Event::Received(peer, piece));
+                            if !had {
+                                self.swarm_registry().piece_done(root, piece);
+                            }
+                        }
+                        Err(Outcome::Fail(reason, detail)) => {
+                            tracing::debug!(peer = %hex(&peer), piece, ?reason, %detail, "piece failed");
+                            sched.handle(now, Event::Failed(peer, piece, reason));
+                        }
+                        Err(Outcome::Local(reason)) => {
+                            break Err(FetchError::Store(reason));
+                        }
+                    }
+                }
+            }
+        };
+        for (_, h) in requests.drain() {
+            h.abort();
+        }
+        for (_, p) in peers.drain() {
+            p.session.abort();
+        }
+        result.map(|()| report)
+    }
+
+    fn learn(&self, root: Hash, learned: Vec<ProviderInfo>, backlog: &mut Vec<ProviderInfo>) {
+        for info in learned.into_iter().take(64) {
+            if info.node_id == self.id() || info.addrs.len() > classe_bundle::ticket::MAX_ADDRS {
+                continue;
+            }
+            self.swarm_registry().remember(root, info.clone());
+            if backlog.len() < 256 {
+                backlog.push(info);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_peer(
+        &self,
+        peers: &mut HashMap<NodeKey, Peer>,
+        sched: &mut Scheduler<NodeKey>,
+        started: Instant,
+        root: Hash,
+        me: &ProviderInfo,
+        info: ProviderInfo,
+        conn: Connection,
+        tx: &mpsc::Sender<DriverEvent>,
+    ) {
+        let key = info.node_id;
+        if peers.contains_key(&key) {
+            return;
+        }
+        sched.handle(started.elapsed(), Event::PeerJoined(key));
+        let session = tokio::spawn(session(
+            self.endpoint().clone(),
+            info.clone(),
+            root,
+            me.clone(),
+            self.config().connect_timeout,
+            tx.clone(),
+        ))
+        .abort_handle();
+        peers.insert(key, Peer { conn, session });
+    }
+}
+
+/// Holds a swarm session open with one peer, forwarding what it says.
+async fn session(
+    endpoint: iroh::Endpoint,
+    info: ProviderInfo,
+    root: Hash,
+    me: ProviderInfo,
+    timeout: Duration,
+    tx: mpsc::Sender<DriverEvent>,
+) {
+    let peer = info.node_id;
+    let opened = async {
+        let addr = endpoint_addr(&info).ok_or_else(|| "invalid node id".to_string())?;
+        let conn = tokio::time::timeout(timeout, endpoint.connect(addr, swarm::ALPN))
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        swarm::write_frame(
+            &mut send,
+            &ClientMsg::Hello {
+                root: *root.as_bytes(),
+                me: Some(me),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((conn, send, recv))
+    }
+    .await;
+    let (_conn, _send, mut recv) = match opened {
+        Ok(x) => x,
+        Err(reason) => {
+            tracing::debug!(peer = %hex(&peer), %reason, "no swarm session");
+            tx.send(DriverEvent::NoSession(peer)).await.ok();
+            return;
+        }
+    };
+    loop {
+        match swarm::read_frame::<ServerMsg>(&mut recv).await {
+            Ok(Some(ServerMsg::Welcome {
+                pieces,
+                have,
+                peers,
+            })) => {
+                let ev = DriverEvent::Welcome {
+                    peer,
+                    pieces,
+                    have,
+                    peers,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(ServerMsg::Update { pieces, peers })) => {
+                if tx
+                    .send(DriverEvent::Update {
+                        peer,
+                        pieces,
+                        peers,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                tx.send(DriverEvent::SessionEnded(peer)).await.ok();
+                return;
+            }
+        }
+    }
+}
+
+fn classify(e: &GetError) -> Outcome {
+    if matches!(e, GetError::LocalFailure { .. }) || e.local_write().is_some() {
+        return Outcome::Local(format!("cannot write to the local store: {e}"));
+    }
+    if let GetError::Decode { source, .. } = e {
+        if matches!(
+            source,
+            DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. }
+        ) {
+            return Outcome::Fail(FailReason::Corrupt, e.to_string());
+        }
+    }
+    match e.iroh_error_code() {
+        Some(code) if code == ERR_LIMIT => Outcome::Fail(FailReason::Busy, e.to_string()),
+        Some(code) if code == ERR_PERMISSION => Outcome::Fail(FailReason::Refused, e.to_string()),
+        _ => Outcome::Fail(FailReason::Error, e.to_string()),
+    }
+}
+
+/// Fetches one piece: a range request for `len` bytes at `offset` of blob
+/// `hash`, verified while streaming.
+#[allow(clippy::too_many_arguments)]
+async fn request_piece(
+    store: classe_store::Store,
+    conn: Connection,
+    peer: NodeKey,
+    piece: PieceId,
+    hash: Hash,
+    offset: u64,
+    len: u64,
+    idle: Duration,
+    pacer: Option<Arc<Pacer>>,
+    tx: mpsc::Sender<DriverEvent>,
+) {
+    let ranges = ChunkRanges::bytes(offset..offset + len);
+    let request = GetRequest::blob_ranges(hash, ranges.clone());
+    let progress = store.blobs().remote().execute_get(conn, request);
+    let mut stream = std::pin::pin!(progress.stream());
+    let mut last = 0u64;
+    let result = loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                break Err(Outcome::Fail(
+                    FailReason::Timeout,
+                    format!("no data for {}s", idle.as_secs()),
+                ))
+            }
+            Ok(None) => break Err(Outcome::Fail(FailReason::Error, "stream ended".into())),
+            Ok(Some(GetProgressItem::Progress(n))) => {
+                let delta = n.saturating_sub(last);
+                last = n;
+                if delta > 0 {
+                    tx.send(DriverEvent::Progress(peer, delta)).await.ok();
+                    if let Some(p) = &pacer {
+                        tokio::time::sleep_until(p.reserve(delta)).await;
+                    }
+                }
+            }
+            Ok(Some(GetProgressItem::Done(stats))) => {
+                let delta = stats.payload_bytes_read.saturating_sub(last);
+                if delta > 0 {
+                    tx.send(DriverEvent::Progress(peer, delta)).await.ok();
+                }
+                break Ok(());
+            }
+            Ok(Some(GetProgressItem::Error(e))) => break Err(classify(&e)),
+        }
+    };
+    // A provider that lacks part of the range ends early without an error
+    // on some paths: believe the store, not the stream.
+    let result = match result {
+        Ok(()) => match store.blobs().blobs().observe(hash).await {
+            Ok(bitfield) if covers(&bitfield.ranges, &ranges) => Ok(()),
+            Ok(_) => Err(Outcome::Fail(FailReason::Error, "piece incomplete".into())),
+            Err(e) => Err(Outcome::Local(format!("cannot read the local store: {e}"))),
+        },
+        Err(e) => Err(e),
+    };
+    tx.send(DriverEvent::PieceDone(peer, piece, result))
+        .await
+        .ok();
+}

@@ -1,0 +1,458 @@
+//! The swarm protocol: who else is fetching a bundle, and which pieces
+//! each peer has.
+//!
+//! A ticket names only the teacher. To turn a class into a swarm, every
+//! node runs this small protocol (ALPN [`ALPN`]) beside iroh-blobs:
+//!
+//! ```text
+//! fetcher                                   any node holding or fetching the bundle
+//!   | -- Hello { root, me }  ------------------> |  remembers `me` as a peer of `root`
+//!   | <- Welcome { pieces, have, peers } ------- |  its pieces, and the peers it knows
+//!   | <- Update { pieces, peers } ... ---------- |  new pieces it got, new peers it met
+//! ```
+//!
+//! Peer exchange rides on it: the teacher tells each pupil about the pupils
+//! who said hello before, and tells earlier pupils about later ones, so a
+//! ticket with one address leads to a class-wide swarm. The data itself
+//! moves over iroh-blobs range requests; this protocol only carries
+//! metadata, in length-prefixed postcard frames of bounded size.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use classe_bundle::ProviderInfo;
+use classe_store::Store;
+use classe_swarm::{BitSet, Layout, PieceId};
+use iroh::{endpoint::Connection, protocol::AcceptError};
+use iroh_blobs::Hash;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+
+/// The protocol's ALPN.
+pub const ALPN: &[u8] = b"classe/swarm/1";
+
+/// Largest frame accepted.
+const MAX_FRAME: usize = 256 * 1024;
+/// Most peers remembered per bundle, and sent in one Welcome.
+const MAX_PEERS: usize = 64;
+/// Updates queued for one subscriber before it is dropped as too slow.
+const SUBSCRIBER_QUEUE: usize = 256;
+/// Sessions one connection may hold open at once (one per bundle).
+const MAX_SESSIONS_PER_CONNECTION: usize = 8;
+
+/// What a fetcher says first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ClientMsg {
+    /// "I want (or have) `root`; here is how to reach me."
+    Hello {
+        root: [u8; 32],
+        me: Option<ProviderInfo>,
+    },
+}
+
+/// Which pieces a node has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum Have {
+    /// Nothing, or it does not know the bundle.
+    None,
+    /// Every piece.
+    All,
+    /// These pieces: bit i of word i/64.
+    Some(Vec<u64>),
+}
+
+/// What the holder answers, then streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ServerMsg {
+    /// The answer to Hello.
+    Welcome {
+        /// Piece count of its layout (0 if it does not know the bundle).
+        pieces: u32,
+        have: Have,
+        peers: Vec<ProviderInfo>,
+    },
+    /// Something new.
+    Update {
+        pieces: Vec<PieceId>,
+        peers: Vec<ProviderInfo>,
+    },
+}
+
+pub(crate) async fn write_frame<T: Serialize>(
+    send: &mut iroh::endpoint::SendStream,
+    msg: &T,
+) -> std::io::Result<()> {
+    let bytes = postcard::to_stdvec(msg).map_err(std::io::Error::other)?;
+    send.write_u32(bytes.len() as u32).await?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+pub(crate) async fn read_frame<T: for<'a> Deserialize<'a>>(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> std::io::Result<Option<T>> {
+    let len = match recv.read_u32().await {
+        Ok(len) => len as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    AsyncReadExt::read_exact(recv, &mut buf).await?;
+    let (msg, rest) = postcard::take_from_bytes(&buf).map_err(std::io::Error::other)?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::other("trailing bytes in frame"));
+    }
+    Ok(Some(msg))
+}
+
+/// The pieces of a bundle: its distinct non-empty file blobs, in manifest
+/// order, cut into [`classe_swarm::DEFAULT_PIECE_SIZE`] pieces. Both sides
+/// compute it from the signed manifest, so they agree on piece numbers.
+#[derive(Debug, Clone)]
+pub(crate) struct BundleLayout {
+    pub layout: Layout,
+    /// Blob of each layout file.
+    pub blobs: Vec<Hash>,
+    /// Blob → index in `blobs`.
+    pub index: HashMap<Hash, usize>,
+}
+
+impl BundleLayout {
+    pub fn from_manifest(manifest: &classe_bundle::Manifest) -> Self {
+        let mut blobs = Vec::new();
+        let mut sizes = Vec::new();
+        let mut index = HashMap::new();
+        for f in &manifest.files {
+            let hash = Hash::from_bytes(f.hash);
+            if f.size == 0 || index.contains_key(&hash) {
+                continue;
+            }
+            index.insert(hash, blobs.len());
+            blobs.push(hash);
+            sizes.push(f.size);
+        }
+        Self {
+            layout: Layout::new(&sizes, classe_swarm::DEFAULT_PIECE_SIZE),
+            blobs,
+            index,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RootState {
+    layout: Option<Arc<BundleLayout>>,
+    have: BitSet,
+    /// Set once we hold the whole bundle: the seed's send-once rule.
+    policy: Option<classe_swarm::SeedPolicy>,
+    peers: VecDeque<ProviderInfo>,
+    subscribers: Vec<(iroh::EndpointId, mpsc::Sender<ServerMsg>)>,
+}
+
+impl RootState {
+    fn new() -> Self {
+        Self {
+            layout: None,
+            have: BitSet::new(0),
+            policy: None,
+            peers: VecDeque::new(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn check_complete(&mut self) {
+        if self.policy.is_none() && self.layout.is_some() && self.have.is_full() {
+            self.policy = Some(classe_swarm::SeedPolicy::new(self.have.len(), 0));
+        }
+    }
+
+    fn broadcast(&mut self, msg: ServerMsg, except: Option<iroh::EndpointId>) {
+        self.subscribers.retain(|(id, tx)| {
+            if Some(*id) == except {
+                return !tx.is_closed();
+            }
+            // A subscriber too slow to keep up is dropped, not waited for.
+            tx.try_send(msg.clone()).is_ok()
+        });
+    }
+}
+
+/// What this node knows about each bundle's swarm. Shared by the protocol
+/// handler (answering others) and the fetch driver (our own progress).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    roots: Mutex<HashMap<Hash, RootState>>,
+}
+
+impl Registry {
+    fn with<R>(&self, root: Hash, f: impl FnOnce(&mut RootState) -> R) -> R {
+        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        f(roots.entry(root).or_insert_with(RootState::new))
+    }
+
+    /// Starts tracking our own progress on `root`.
+    pub fn start(&self, root: Hash, layout: Arc<BundleLayout>, have: BitSet) {
+        self.with(root, |s| {
+            s.layout = Some(layout);
+            s.have = have;
+            s.check_complete();
+        });
+    }
+
+    /// We hold all of `root` (we shared it, or finished fetching it).
+    pub fn serve(&self, root: Hash, layout: Arc<BundleLayout>) {
+        let have = BitSet::full(layout.layout.piece_count());
+        self.start(root, layout, have);
+    }
+
+    /// The seed's rule for a request: `None` if the request is not for one
+    /// piece of a bundle we hold whole (no rule applies); `Some(None)` to
+    /// decline it; `Some(Some((root, piece)))` when admitted and counted.
+    pub fn admit_piece(
+        &self,
+        request: &iroh_blobs::protocol::GetRequest,
+    ) -> Option<Option<(Hash, PieceId)>> {
+        if !request.ranges.is_blob() {
+            return None;
+        }
+        let ranges = request.ranges.iter().next()?;
+        let mut iter = ranges.iter();
+        let first = iter.next()?;
+        if iter.next().is_some() {
+            return None;
+        }
+        let range_collections::range_set::RangeSetRange::Range(r) = first else {
+            return None;
+        };
+        let (start, end) = (r.start.0 * 1024, r.end.0 * 1024);
+        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        for (root, state) in roots.iter_mut() {
+            let (Some(layout), Some(policy)) = (&state.layout, &mut state.policy) else {
+                continue;
+            };
+            let Some(&file) = layout.index.get(&request.hash) else {
+                continue;
+            };
+            let first = layout.layout.piece_at(file, start)?;
+            let last = layout
+                .layout
+                .piece_at(file, end.saturating_sub(1))
+                .unwrap_or(first);
+            if first != last {
+                return None;
+            }
+            return Some(policy.admit(first).then_some((*root, first)));
+        }
+        None
+    }
+
+    /// An admitted piece was not sent after all.
+    pub fn undo_piece(&self, root: Hash, piece: PieceId) {
+        self.with(root, |s| {
+            if let Some(policy) = &mut s.policy {
+                policy.undo(piece);
+            }
+        });
+    }
+
+    /// We now have `piece` of `root`: tell subscribers.
+    pub fn piece_done(&self, root: Hash, piece: PieceId) {
+        self.with(root, |s| {
+            if s.have.insert(piece) {
+                s.check_complete();
+                s.broadcast(
+                    ServerMsg::Update {
+                        pieces: vec![piece],
+                        peers: vec![],
+                    },
+                    None,
+                );
+            }
+        });
+    }
+
+    /// Remembers a peer of `root` (learned from a session), without
+    /// announcing it.
+    pub fn remember(&self, root: Hash, info: ProviderInfo) {
+        self.with(root, |s| remember(&mut s.peers, info));
+    }
+
+    /// The peers known for `root`.
+    pub fn peers(&self, root: Hash) -> Vec<ProviderInfo> {
+        self.with(root, |s| s.peers.iter().cloned().collect())
+    }
+
+    fn hello(
+        &self,
+        root: Hash,
+        from: iroh::EndpointId,
+        me: Option<ProviderInfo>,
+        complete: Option<Arc<BundleLayout>>,
+    ) -> (ServerMsg, mpsc::Receiver<ServerMsg>) {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let welcome = self.with(root, |s| {
+            if s.layout.is_none() {
+                if let Some(layout) = complete {
+                    s.have = BitSet::full(layout.layout.piece_count());
+                    s.layout = Some(layout);
+                    s.check_complete();
+                }
+            }
+            let peers: Vec<ProviderInfo> = s
+                .peers
+                .iter()
+                .filter(|p| p.node_id != *from.as_bytes())
+                .take(MAX_PEERS)
+                .cloned()
+                .collect();
+            if let Some(me) = me {
+                // Tell the others about the newcomer: peer exchange.
+                s.broadcast(
+                    ServerMsg::Update {
+                        pieces: vec![],
+                        peers: vec![me.clone()],
+                    },
+                    Some(from),
+                );
+                remember(&mut s.peers, me);
+            }
+            s.subscribers.retain(|(id, _)| *id != from);
+            s.subscribers.push((from, tx));
+            let (pieces, have) = match &s.layout {
+                None => (0, Have::None),
+                Some(l) if s.have.is_full() => (l.layout.piece_count(), Have::All),
+                Some(l) => (l.layout.piece_count(), Have::Some(words(&s.have))),
+            };
+            ServerMsg::Welcome {
+                pieces,
+                have,
+                peers,
+            }
+        });
+        (welcome, rx)
+    }
+}
+
+fn remember(peers: &mut VecDeque<ProviderInfo>, info: ProviderInfo) {
+    peers.retain(|p| p.node_id != info.node_id);
+    peers.push_front(info);
+    peers.truncate(MAX_PEERS);
+}
+
+fn words(set: &BitSet) -> Vec<u64> {
+    let mut words = vec![0u64; (set.len() as usize).div_ceil(64)];
+    for i in set.iter() {
+        words[i as usize / 64] |= 1 << (i % 64);
+    }
+    words
+}
+
+/// Decodes a [`Have`] for a layout of `pieces` pieces; None if it does not
+/// fit.
+pub(crate) fn have_set(have: &Have, pieces: u32) -> Option<BitSet> {
+    match have {
+        Have::None => Some(BitSet::new(pieces)),
+        Have::All => Some(BitSet::full(pieces)),
+        Have::Some(words) => {
+            if words.len() != (pieces as usize).div_ceil(64) {
+                return None;
+            }
+            let mut set = BitSet::new(pieces);
+            for (w, word) in words.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let b = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    let i = w as u32 * 64 + b;
+                    if i >= pieces {
+                        return None;
+                    }
+                    set.insert(i);
+                }
+            }
+            Some(set)
+        }
+    }
+}
+
+/// Serves the swarm protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct Handler {
+    pub registry: Arc<Registry>,
+    pub store: Store,
+}
+
+impl iroh::protocol::ProtocolHandler for Handler {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let from = connection.remote_id();
+        let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS_PER_CONNECTION));
+        loop {
+            let Ok((send, recv)) = connection.accept_bi().await else {
+                return Ok(());
+            };
+            let Ok(permit) = sessions.clone().try_acquire_owned() else {
+                // Too many sessions on one connection: refuse this one.
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.session(from, send, recv).await {
+                    tracing::debug!(peer = %from.fmt_short(), "swarm session ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl Handler {
+    async fn session(
+        &self,
+        from: iroh::EndpointId,
+        mut send: iroh::endpoint::SendStream,
+        mut recv: iroh::endpoint::RecvStream,
+    ) -> std::io::Result<()> {
+        let Some(ClientMsg::Hello { root, me }) = read_frame(&mut recv).await? else {
+            return Ok(());
+        };
+        // A peer may describe only itself.
+        let me = me.filter(|m| {
+            m.node_id == *from.as_bytes() && m.addrs.len() <= classe_bundle::ticket::MAX_ADDRS
+        });
+        let root = Hash::from_bytes(root);
+        let complete = self.complete_layout(root).await;
+        let (welcome, mut updates) = self.registry.hello(root, from, me, complete);
+        write_frame(&mut send, &welcome).await?;
+        loop {
+            tokio::select! {
+                msg = updates.recv() => match msg {
+                    Some(msg) => write_frame(&mut send, &msg).await?,
+                    None => return Ok(()),
+                },
+                // The fetcher closes its side when it is done.
+                r = recv.read_u8() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The layout of `root` if the store holds it complete.
+    async fn complete_layout(&self, root: Hash) -> Option<Arc<BundleLayout>> {
+        let info = self.store.info(root).await.ok()??;
+        info.complete
+            .then(|| Arc::new(BundleLayout::from_manifest(info.manifest.manifest())))
+    }
+}
