@@ -1,0 +1,373 @@
+//! `classe-lab`: the classroom lab. See `docs/benchmarks.md`.
+//!
+//! ```text
+//! classe-lab run      measure (needs root, iproute2; nginx + curl for `central`)
+//! classe-lab report   redraw the table and plots from a results file
+//! classe-lab probe    what this machine can emulate (netns, HTB, netem)
+//! classe-lab clean    remove namespaces left by a lab killed with SIGKILL
+//! ```
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use classe_lab::{
+    net,
+    plan::Plan,
+    report,
+    run::Churn,
+    scenario::{self, Scenario},
+    units::{parse_opt_rate, parse_rate, parse_size},
+};
+
+/// The classroom lab: classe against a central server and the Kumar–Ross
+/// bound, on an emulated network of namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "classe-lab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the scenarios at each class size and write the results.
+    Run(Box<RunArgs>),
+    /// Write the table and plots again from a results file.
+    Report {
+        /// The JSON lines file.
+        #[arg(long, default_value = "lab-results/results.jsonl")]
+        results: PathBuf,
+        /// Where to write results.md, completion.svg, bytes.svg.
+        #[arg(long, default_value = "lab-results")]
+        out: PathBuf,
+    },
+    /// Say what this machine can emulate.
+    Probe,
+    /// Remove namespaces left behind by a lab that was killed (SIGKILL).
+    Clean,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The small CI configuration: N = 3, F = 5 MB (flags still override).
+    #[arg(long)]
+    smoke: bool,
+    /// Scenarios to run, in order: built-in `central`, `classe`, or names
+    /// from --scenario-file. Default: central,classe and every file's.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// A contender as JSON (see the scenario module's docs). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    scenario_file: Vec<PathBuf>,
+    /// Class sizes N. Default: 10,30 (smoke: 3).
+    #[arg(long, value_delimiter = ',')]
+    pupils: Vec<usize>,
+    /// Lesson size F. Default: 50MB (smoke: 5MB).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Split the lesson into this many files.
+    #[arg(long, default_value_t = 1)]
+    files: usize,
+    /// Seed of the lesson's random bytes.
+    #[arg(long)]
+    data_seed: Option<u64>,
+    /// The seed host's upload u_s (its own uplink).
+    #[arg(long, default_value = "20mbit", value_parser = parse_rate)]
+    seed_up: u64,
+    /// The seed host's download (`none`: unshaped).
+    #[arg(long, default_value = "none", value_parser = opt_rate)]
+    seed_down: OptRate,
+    /// Each pupil's upload u.
+    #[arg(long, default_value = "10mbit", value_parser = parse_rate)]
+    up: u64,
+    /// Each pupil's download d, shaped on its bridge port (`none`: unshaped).
+    #[arg(long, default_value = "100mbit", value_parser = opt_rate)]
+    down: OptRate,
+    /// Per-pupil uploads, cycled over the pupils (e.g. 10mbit,10mbit,2mbit).
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    up_list: Vec<u64>,
+    /// Per-pupil downloads, cycled.
+    #[arg(long, value_delimiter = ',', value_parser = opt_rate)]
+    down_list: Vec<OptRate>,
+    /// Fraction of slow pupils, spread over the class.
+    #[arg(long, default_value_t = 0.0)]
+    slow_fraction: f64,
+    /// A slow pupil's upload.
+    #[arg(long, default_value = "1mbit", value_parser = parse_rate)]
+    slow_up: u64,
+    /// A slow pupil's download.
+    #[arg(long, default_value = "10mbit", value_parser = opt_rate)]
+    slow_down: OptRate,
+    /// One-way delay in ms at every host's egress (needs sch_netem; when
+    /// the kernel lacks it the run goes on and the report says so).
+    #[arg(long, value_name = "MS")]
+    delay: Option<f64>,
+    /// Seconds between consecutive pupil starts (0: all together).
+    #[arg(long, default_value_t = 0.0)]
+    stagger: f64,
+    /// Churn as FRACTION@SECS: that fraction of pupils stop at that time.
+    #[arg(long, value_name = "FRACTION@SECS", value_parser = parse_churn)]
+    churn: Option<Churn>,
+    /// Do not give classe pupils tickets listing finished pupils.
+    #[arg(long)]
+    no_extend_ticket: bool,
+    /// A run is cut at this many times max(N·F/u_s, T_min), plus 30 s.
+    #[arg(long, default_value_t = 3.0)]
+    timeout_factor: f64,
+    /// And never later than this many seconds. Default: 3600 (smoke: 40).
+    #[arg(long)]
+    max_run_secs: Option<u64>,
+    /// The classe binary. Default: `classe` next to this executable.
+    #[arg(long, env = "CLASSE_BIN", value_name = "PATH")]
+    classe: Option<PathBuf>,
+    /// Output folder: results.jsonl, results.md, completion.svg, bytes.svg.
+    #[arg(long, default_value = "lab-results")]
+    out: PathBuf,
+    /// Append to results.jsonl instead of starting it afresh (the table
+    /// and plots then show every run in it).
+    #[arg(long)]
+    append: bool,
+    /// Where temporary folders go. Default: the system temp folder.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Keep each run's folder (homes, outputs, logs) for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// A rate or `none` (a newtype: clap reads a bare `Option` as "flag may
+/// be absent").
+#[derive(Debug, Clone, Copy)]
+struct OptRate(Option<u64>);
+
+fn opt_rate(s: &str) -> Result<OptRate, String> {
+    parse_opt_rate(s).map(OptRate)
+}
+
+fn parse_churn(s: &str) -> Result<Churn, String> {
+    let (f, t) = s
+        .split_once('@')
+        .ok_or_else(|| "churn is FRACTION@SECS, e.g. 0.2@30".to_string())?;
+    let fraction: f64 = f
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad fraction {f:?}"))?;
+    let at_secs: f64 = t.trim().parse().map_err(|_| format!("bad time {t:?}"))?;
+    Ok(Churn { fraction, at_secs })
+}
+
+fn scenarios(args: &RunArgs) -> Result<Vec<Scenario>> {
+    let mut from_files = Vec::new();
+    for path in &args.scenario_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let s: Scenario = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a scenario", path.display()))?;
+        from_files.push(s);
+    }
+    let extend = !args.no_extend_ticket;
+    if args.scenarios.is_empty() {
+        let mut v = vec![scenario::central(), scenario::classe(extend)];
+        v.extend(from_files);
+        return Ok(v);
+    }
+    args.scenarios
+        .iter()
+        .map(|name| {
+            from_files
+                .iter()
+                .find(|s| &s.name == name)
+                .cloned()
+                .or_else(|| scenario::builtin(name, extend))
+                .with_context(|| format!("unknown scenario {name:?}"))
+        })
+        .collect()
+}
+
+fn default_classe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("classe");
+    p.is_file().then_some(p)
+}
+
+async fn run(args: RunArgs) -> Result<bool> {
+    let probe = net::probe();
+    if !probe.usable() {
+        bail!(
+            "this machine cannot run the lab: {}",
+            probe.notes.join("; ")
+        );
+    }
+    let removed = net::remove_stale(None);
+    if !removed.is_empty() {
+        eprintln!(
+            "classe-lab: removed {} namespaces left by earlier labs",
+            removed.len()
+        );
+    }
+    let scenarios = scenarios(&args)?;
+    for s in &scenarios {
+        for prog in scenario::required_programs(s) {
+            if !scenario::have_program(prog) {
+                bail!(
+                    "scenario {} needs {prog}: apt-get install nginx-light curl",
+                    s.name
+                );
+            }
+        }
+    }
+    let mut plan = if args.smoke {
+        Plan::smoke(scenarios)
+    } else {
+        Plan::defaults(scenarios)
+    };
+    if !args.pupils.is_empty() {
+        plan.pupils = args.pupils.clone();
+    }
+    if let Some(size) = args.size {
+        plan.file_bytes = size;
+    }
+    plan.files = args.files;
+    if let Some(seed) = args.data_seed {
+        plan.data_seed = seed;
+    }
+    plan.seed_up = args.seed_up;
+    plan.seed_down = args.seed_down.0;
+    plan.rates.pupil_up = args.up;
+    plan.rates.pupil_down = args.down.0;
+    plan.rates.up_list = args.up_list.clone();
+    plan.rates.down_list = args.down_list.iter().map(|d| d.0).collect();
+    plan.rates.slow_fraction = args.slow_fraction;
+    plan.rates.slow_up = args.slow_up;
+    plan.rates.slow_down = args.slow_down.0;
+    plan.delay_ms = args.delay;
+    plan.stagger_secs = args.stagger;
+    plan.churn = args.churn;
+    plan.timeout_factor = args.timeout_factor;
+    if let Some(secs) = args.max_run_secs {
+        plan.max_timeout = Duration::from_secs(secs);
+    }
+    plan.min_timeout = plan.min_timeout.min(plan.max_timeout);
+    plan.classe_bin = args.classe.clone().or_else(default_classe);
+    if let Some(dir) = &args.work_dir {
+        plan.work_root = dir.clone();
+    }
+    plan.keep = args.keep;
+    if let Some(bin) = &plan.classe_bin {
+        if bin.components().any(|c| c.as_os_str() == "debug") {
+            eprintln!("classe-lab: warning: {} looks like a debug build; its times mean little (build with --release)", bin.display());
+        }
+    }
+    if args.delay.is_some() && !probe.netem {
+        eprintln!("classe-lab: warning: sch_netem is not available in this kernel: delay will NOT be emulated (the results say so)");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let jsonl = args.out.join("results.jsonl");
+    if !args.append && jsonl.exists() {
+        std::fs::remove_file(&jsonl)?;
+    }
+    let mut write_errors = Vec::new();
+    let (results, errors) = plan
+        .run(&probe, |r| {
+            if let Err(e) = report::append_jsonl(&jsonl, r) {
+                write_errors.push(format!("{e:#}"));
+            }
+        })
+        .await?;
+    let all = report::read_jsonl(&jsonl).unwrap_or(results.clone());
+    report::write_all(&args.out, &all)?;
+    println!("{}", report::markdown(&results));
+    eprintln!(
+        "classe-lab: wrote {}, results.md, completion.svg, bytes.svg in {}",
+        jsonl.display(),
+        args.out.display()
+    );
+    for e in errors.iter().chain(&write_errors) {
+        eprintln!("classe-lab: error: {e}");
+    }
+    Ok(errors.is_empty() && write_errors.is_empty() && results.iter().all(|r| r.ok))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("classe-lab: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Cmd::Run(args) => classe_lab::until_interrupted(run(*args)).await,
+            Cmd::Report { results, out } => Some((|| -> Result<bool> {
+                let all = report::read_jsonl(&results)?;
+                report::write_all(&out, &all)?;
+                println!("{}", report::markdown(&all));
+                Ok(true)
+            })()),
+            Cmd::Probe => {
+                let p = net::probe();
+                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+                Some(Ok(p.usable()))
+            }
+            Cmd::Clean => {
+                let removed = net::remove_stale(None);
+                for ns in &removed {
+                    println!("removed namespace {ns}");
+                }
+                Some(Ok(true))
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
+        None => ExitCode::from(130),
+        Some(Ok(true)) => ExitCode::SUCCESS,
+        Some(Ok(false)) => ExitCode::from(1),
+        Some(Err(e)) => {
+            eprintln!("classe-lab: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "classe-lab",
+            "run",
+            "--smoke",
+            "--down",
+            "none",
+            "--down-list",
+            "10mbit,none",
+            "--churn",
+            "0.2@30",
+            "--pupils",
+            "3,5",
+        ])
+        .unwrap();
+        let Cmd::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.down.0, None);
+        assert_eq!(args.seed_down.0, None);
+        assert_eq!(args.slow_down.0, Some(10_000_000));
+        assert_eq!(args.down_list.len(), 2);
+        assert_eq!(args.pupils, vec![3, 5]);
+        assert_eq!(args.churn.unwrap().at_secs, 30.0);
+    }
+}

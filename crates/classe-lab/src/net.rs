@@ -1,0 +1,409 @@
+//! The emulated network: one network namespace per host, a bridge in a
+//! namespace of its own, veth pairs between them, `tc` for rates.
+//!
+//! ```text
+//!   ns <tag>-s (seed)       ns <tag>-p1 (pupil 1)   ...  ns <tag>-pN
+//!   eth0 10.77.0.1/16       eth0 10.77.1.1/16            eth0 10.77.x.y/16
+//!   egress: HTB u_s         egress: HTB u_1              egress: HTB u_N
+//!     |                       |                            |
+//!   ==|=======================|============================|=== ns <tag>-br
+//!   s0 (egress: HTB d_s)    p1 (egress: HTB d_1)         pN        br0
+//! ```
+//!
+//! Both ends of every veth pair are created directly inside their
+//! namespaces (`ip link add eth0 netns A type veth peer name p1 netns B`),
+//! so nothing ever appears in the root namespace, and no namespace has a
+//! route beyond 10.77.0.0/16: traffic cannot leave the emulated network.
+//! Upload shaping is an HTB class on the host's own egress; download
+//! shaping is an HTB class on the bridge port's egress (towards the host).
+//! Delay needs `sch_netem`; [`probe`] says whether the kernel has it.
+//!
+//! Everything created is recorded as it is created and removed by
+//! [`Topology::destroy`] (also on drop), so a failure halfway through
+//! building leaves nothing behind.
+
+use std::{net::Ipv4Addr, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Every namespace the lab creates starts with this, then the pid of the
+/// lab process that made it, so leftovers of a killed run can be found.
+pub const NS_PREFIX: &str = "clab";
+
+/// Most pupils one topology may have (the address plan's limit is higher;
+/// this keeps a typo from creating thousands of namespaces).
+pub const MAX_PUPILS: usize = 500;
+
+/// Rates of one host, in bits per second; `None` is not shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The host's upload (its egress).
+    pub up_bps: Option<u64>,
+    /// The host's download (the bridge port's egress towards it).
+    pub down_bps: Option<u64>,
+}
+
+/// One emulated host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address (exists only inside its namespace).
+    pub ip: Ipv4Addr,
+    /// Its port on the bridge (an interface in the bridge namespace).
+    pub port: String,
+    /// Its rates.
+    pub shape: Shape,
+}
+
+/// The address of host `index` (0 = the seed, 1..=N the pupils).
+pub fn host_ip(index: usize) -> Ipv4Addr {
+    if index == 0 {
+        return Ipv4Addr::new(10, 77, 0, 1);
+    }
+    let i = index - 1;
+    Ipv4Addr::new(10, 77, (1 + i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// Runs `ip` or `tc` with `args`; the error carries the command and what it
+/// printed.
+pub fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {tool} (is iproute2 installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{tool} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_tool("ip", args).map(|_| ())
+}
+
+fn tc(args: &[&str]) -> Result<()> {
+    run_tool("tc", args).map(|_| ())
+}
+
+/// What this machine can emulate.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Running as root.
+    pub root: bool,
+    /// `ip netns add` works.
+    pub netns: bool,
+    /// `tc ... htb` works.
+    pub htb: bool,
+    /// `tc ... netem` works (delay can be emulated).
+    pub netem: bool,
+    /// Why something does not work.
+    pub notes: Vec<String>,
+}
+
+impl Probe {
+    /// Whether the lab can run at all.
+    pub fn usable(&self) -> bool {
+        self.root && self.netns && self.htb
+    }
+}
+
+/// Finds out what works, in a throw-away namespace.
+pub fn probe() -> Probe {
+    let mut p = Probe {
+        root: nix::unistd::geteuid().is_root(),
+        ..Probe::default()
+    };
+    if !p.root {
+        p.notes.push("not running as root".into());
+        return p;
+    }
+    let ns = format!("{NS_PREFIX}{}probe", std::process::id());
+    match ip(&["netns", "add", &ns]) {
+        Ok(()) => p.netns = true,
+        Err(e) => {
+            p.notes
+                .push(format!("network namespaces unavailable: {e:#}"));
+            return p;
+        }
+    }
+    let r = (|| -> Result<()> {
+        ip(&["-n", &ns, "link", "add", "d0", "type", "dummy"])
+            .or_else(|_| ip(&["-n", &ns, "link", "set", "lo", "up"]))?;
+        let dev = if ip(&["-n", &ns, "link", "show", "d0"]).is_ok() {
+            "d0"
+        } else {
+            "lo"
+        };
+        match tc(&[
+            "-n", &ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+        ]) {
+            Ok(()) => p.htb = true,
+            Err(e) => p.notes.push(format!("tc htb unavailable: {e:#}")),
+        }
+        tc(&["-n", &ns, "qdisc", "del", "dev", dev, "root"]).ok();
+        match tc(&[
+            "-n", &ns, "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms",
+        ]) {
+            Ok(()) => p.netem = true,
+            Err(e) => p.notes.push(format!(
+                "sch_netem unavailable, delay cannot be emulated: {e:#}"
+            )),
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        p.notes.push(format!("probe: {e:#}"));
+    }
+    if let Err(e) = ip(&["netns", "del", &ns]) {
+        p.notes
+            .push(format!("could not remove probe namespace {ns}: {e:#}"));
+    }
+    p
+}
+
+/// The namespaces that exist now, by name.
+pub fn list_namespaces() -> Vec<String> {
+    run_tool("ip", &["netns", "list"])
+        .map(|out| {
+            out.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pid embedded in a lab namespace name, if it is one.
+pub fn owner_pid(ns: &str) -> Option<u32> {
+    let rest = ns.strip_prefix(NS_PREFIX)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Removes lab namespaces whose lab process is gone (left behind by a lab
+/// that was killed with SIGKILL). With `all_of_pid`, also those of that
+/// (live) pid: the emergency sweep of this very process.
+pub fn remove_stale(all_of_pid: Option<u32>) -> Vec<String> {
+    let mut removed = Vec::new();
+    for ns in list_namespaces() {
+        let Some(pid) = owner_pid(&ns) else { continue };
+        let dead = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if (dead || Some(pid) == all_of_pid) && ip(&["netns", "del", &ns]).is_ok() {
+            removed.push(ns);
+        }
+    }
+    removed
+}
+
+/// A built emulated network. Dropping it removes it.
+#[derive(Debug)]
+pub struct Topology {
+    bridge_ns: String,
+    hosts: Vec<Host>,
+    /// Every namespace created so far, in order.
+    created: Vec<String>,
+    /// One-way delay added at every host's egress, if netem is used.
+    delay_ms: Option<f64>,
+}
+
+impl Topology {
+    /// Builds the network: host 0 is the seed, hosts 1.. are the pupils.
+    /// `tag` must be unique on the machine (it includes the pid).
+    pub fn build(tag: &str, shapes: &[Shape], delay_ms: Option<f64>) -> Result<Self> {
+        if shapes.len() < 2 || shapes.len() > MAX_PUPILS + 1 {
+            bail!("a topology needs a seed and 1..={MAX_PUPILS} pupils");
+        }
+        let mut topo = Topology {
+            bridge_ns: format!("{tag}-br"),
+            hosts: Vec::new(),
+            created: Vec::new(),
+            delay_ms,
+        };
+        // On error, `topo` is dropped here and removes what exists.
+        topo.build_inner(tag, shapes)?;
+        Ok(topo)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        self.created.push(ns.to_string());
+        ip(&["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    fn build_inner(&mut self, tag: &str, shapes: &[Shape]) -> Result<()> {
+        let br = self.bridge_ns.clone();
+        self.add_ns(&br)?;
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        for (index, shape) in shapes.iter().enumerate() {
+            let (ns, port) = if index == 0 {
+                (format!("{tag}-s"), "s0".to_string())
+            } else {
+                (format!("{tag}-p{index}"), format!("p{index}"))
+            };
+            let addr = host_ip(index);
+            self.add_ns(&ns)?;
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/16"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &br, "link", "set", &port, "up"])?;
+            shape_egress(&ns, "eth0", shape.up_bps, self.delay_ms)?;
+            shape_egress(&br, &port, shape.down_bps, None)?;
+            self.hosts.push(Host {
+                ns,
+                ip: addr,
+                port,
+                shape: *shape,
+            });
+        }
+        Ok(())
+    }
+
+    /// Host 0 is the seed, 1..=N the pupils.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The seed host.
+    pub fn seed(&self) -> &Host {
+        &self.hosts[0]
+    }
+
+    /// Bytes the host's interface has received and sent (all layers:
+    /// IP and UDP/TCP headers, ACKs, retransmissions).
+    pub fn counters(&self, host: &Host) -> Result<LinkCounters> {
+        link_counters(&host.ns, "eth0")
+    }
+
+    /// Removes every namespace this topology created (their veths and the
+    /// bridge go with them). Idempotent.
+    pub fn destroy(&mut self) {
+        for ns in self.created.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                eprintln!("classe-lab: warning: could not remove namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// HTB on the egress of `dev` in `ns`, with netem below it for delay.
+fn shape_egress(ns: &str, dev: &str, rate: Option<u64>, delay_ms: Option<f64>) -> Result<()> {
+    let delay = delay_ms.filter(|d| *d > 0.0).map(|d| format!("{d}ms"));
+    match (rate, &delay) {
+        (None, None) => Ok(()),
+        (None, Some(d)) => tc(&[
+            "-n", ns, "qdisc", "add", "dev", dev, "root", "netem", "delay", d, "limit", "10000",
+        ]),
+        (Some(r), _) => {
+            let r = format!("{r}bit");
+            tc(&[
+                "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default",
+                "10",
+            ])?;
+            tc(&[
+                "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+                "rate", &r, "ceil", &r,
+            ])?;
+            if let Some(d) = &delay {
+                tc(&[
+                    "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:",
+                    "netem", "delay", d, "limit", "10000",
+                ])?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Interface byte counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Bytes received.
+    pub rx: u64,
+    /// Bytes sent.
+    pub tx: u64,
+}
+
+/// Counters of `dev` in `ns`, from `ip -s -j link`.
+pub fn link_counters(ns: &str, dev: &str) -> Result<LinkCounters> {
+    let out = run_tool("ip", &["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;
+    parse_link_counters(&out).with_context(|| format!("unexpected `ip -s -j link` output: {out}"))
+}
+
+fn parse_link_counters(json: &str) -> Result<LinkCounters> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let stats = v
+        .get(0)
+        .and_then(|l| l.get("stats64"))
+        .context("no stats64")?;
+    let get = |dir: &str| {
+        stats
+            .get(dir)
+            .and_then(|d| d.get("bytes"))
+            .and_then(serde_json::Value::as_u64)
+            .context("no byte counter")
+    };
+    Ok(LinkCounters {
+        rx: get("rx")?,
+        tx: get("tx")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_stay_in_the_lab_range_and_are_distinct() {
+        assert_eq!(host_ip(0), Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(host_ip(1), Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(host_ip(250), Ipv4Addr::new(10, 77, 1, 250));
+        assert_eq!(host_ip(251), Ipv4Addr::new(10, 77, 2, 1));
+        let all: std::collections::HashSet<_> = (0..=MAX_PUPILS).map(host_ip).collect();
+        assert_eq!(all.len(), MAX_PUPILS + 1);
+        assert!(all
+            .iter()
+            .all(|a| a.octets()[0] == 10 && a.octets()[1] == 77));
+    }
+
+    #[test]
+    fn owner_pid_reads_lab_names_only() {
+        assert_eq!(owner_pid("clab1234x0-p3"), Some(1234));
+        assert_eq!(owner_pid("clab99probe"), Some(99));
+        assert_eq!(owner_pid("other"), None);
+        assert_eq!(owner_pid("clabx"), None);
+    }
+
+    #[test]
+    fn link_counters_parse() {
+        let json = r#"[{"ifname":"eth0","stats64":{"rx":{"bytes":10,"packets":1},"tx":{"bytes":20,"packets":2}}}]"#;
+        assert_eq!(
+            parse_link_counters(json).unwrap(),
+            LinkCounters { rx: 10, tx: 20 }
+        );
+        assert!(parse_link_counters("[]").is_err());
+    }
+}

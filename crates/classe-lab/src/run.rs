@@ -1,0 +1,1226 @@
+//! One run: build the network, start the seed, start the pupils, wait for
+//! them (bounded), stop everyone, count and verify, tear down.
+//!
+//! ```text
+//! build topology ─ setup (seed ns) ─ seed ─ ready? ─ t0 ─┬─ pupil 1 ─ done ─ seeding ─┐
+//!                                                        ├─ pupil 2 ─ done ─ seeding ─┤ stop all when the
+//!                                                        └─ ...  (churn: stop some at t)┘ last one is done
+//!                                  ─ counters, stats files, verify outputs, destroy
+//! ```
+//!
+//! A pupil is a task that owns its process: it waits for its start time,
+//! spawns, reports `Done` (first stdout line or exit 0, as the scenario
+//! says), keeps the process alive while it seeds, and stops it when told.
+//! The run loop only listens to events and a clock, so the run ends at its
+//! deadline whatever the processes do.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicUsize, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use classe_bundle::{ProviderInfo, Ticket};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+
+use crate::{
+    lesson::Lesson,
+    metrics::{self, Bounds},
+    net::{self, Probe, Shape, Topology},
+    proc::{self, Proc, Spec},
+    scenario::{Accounting, PupilDone, Scenario, SeedReady, HTTP_PORT},
+};
+
+/// Version tag of a results line.
+pub const SCHEMA: &str = "classe-lab/1";
+
+/// How long a process gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long setup and seed start may take.
+const SEED_START: Duration = Duration::from_secs(120);
+
+/// Pupils that leave early.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    /// Fraction of the pupils that stop (spread evenly over the pupils).
+    pub fraction: f64,
+    /// Seconds after the start when they stop.
+    pub at_secs: f64,
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The contender.
+    pub scenario: Scenario,
+    /// Seed upload and download (bits/s; download `None` = unshaped).
+    pub seed_up: u64,
+    /// Seed download.
+    pub seed_down: Option<u64>,
+    /// Each pupil's upload, one per pupil.
+    pub pupil_up: Vec<u64>,
+    /// Each pupil's download, one per pupil.
+    pub pupil_down: Vec<Option<u64>>,
+    /// One-way delay at every host's egress, if netem exists.
+    pub delay_ms: Option<f64>,
+    /// Seconds between consecutive pupil starts (0: together).
+    pub stagger_secs: f64,
+    /// Pupils that leave early.
+    pub churn: Option<Churn>,
+    /// The run is cut at this time after the pupils start.
+    pub timeout: Duration,
+    /// The classe binary, for scenarios that use `$CLASSE`.
+    pub classe_bin: Option<PathBuf>,
+    /// What that binary is, for the record.
+    pub classe_info: Option<crate::contender::ClasseInfo>,
+    /// Where the run's temporary folder goes.
+    pub work_root: PathBuf,
+    /// Keep the run's folder (homes, outputs, logs) after a normal end.
+    pub keep: bool,
+}
+
+impl RunConfig {
+    /// Number of pupils.
+    pub fn pupils(&self) -> usize {
+        self.pupil_up.len()
+    }
+}
+
+/// The machine the run was on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cores: usize,
+    /// CPU model name.
+    pub cpu: String,
+    /// Memory in GiB.
+    pub mem_gib: f64,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads it from /proc.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            mem_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+/// The parameters of a run, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// Number of pupils.
+    pub n: usize,
+    /// Lesson size in bytes.
+    pub file_bytes: u64,
+    /// Number of files it is split into.
+    pub files: usize,
+    /// Seed upload, bits/s.
+    pub seed_up_bps: u64,
+    /// Seed download, bits/s (`null`: unshaped).
+    pub seed_down_bps: Option<u64>,
+    /// Each pupil's upload, bits/s.
+    pub pupil_up_bps: Vec<u64>,
+    /// Each pupil's download, bits/s.
+    pub pupil_down_bps: Vec<Option<u64>>,
+    /// Requested one-way delay.
+    pub delay_ms: Option<f64>,
+    /// Whether that delay was emulated (netem present).
+    pub delay_emulated: bool,
+    /// Seconds between pupil starts.
+    pub stagger_secs: f64,
+    /// Early leavers.
+    pub churn: Option<Churn>,
+    /// The run's time limit.
+    pub timeout_secs: f64,
+    /// Whether pupils got tickets extended with finished pupils.
+    pub extend_ticket: bool,
+    /// The classe binary used, if the scenario uses one.
+    #[serde(default)]
+    pub classe: Option<crate::contender::ClasseInfo>,
+}
+
+/// What happened to one pupil.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PupilResult {
+    /// 1-based.
+    pub index: usize,
+    /// Its address.
+    pub ip: String,
+    /// Upload, bits/s.
+    pub up_bps: u64,
+    /// Download, bits/s.
+    pub down_bps: Option<u64>,
+    /// When it started, seconds after t0.
+    pub start_secs: Option<f64>,
+    /// When it was done, seconds after t0 (its completion time).
+    pub done_secs: Option<f64>,
+    /// Done minus start.
+    pub elapsed_secs: Option<f64>,
+    /// Done with the lesson written.
+    pub completed: bool,
+    /// Stopped by churn.
+    pub churned: bool,
+    /// Its output matched the source (`None`: not checked, not completed).
+    pub verified: Option<bool>,
+    /// How its process ended (`exit 0`, `signal 15`, ...).
+    pub exit: Option<String>,
+    /// The fetch's own `seconds` (classe `--json`).
+    pub reported_secs: Option<f64>,
+    /// Payload bytes received (classe `--json`).
+    pub received_bytes: Option<u64>,
+    /// Of which from the seed.
+    pub from_seed_bytes: Option<u64>,
+    /// Of which from other pupils.
+    pub from_pupils_bytes: Option<u64>,
+    /// Payload bytes it sent (classe `--stats`).
+    pub sent_app_bytes: Option<u64>,
+    /// Interface bytes sent (all layers).
+    pub tx_if_bytes: u64,
+    /// Interface bytes received (all layers).
+    pub rx_if_bytes: u64,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// CPU use during a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CpuUse {
+    /// Machine-wide busy share of all cores from t0 to the last pupil
+    /// done, percent (100 = every core busy).
+    pub machine_mean_pct: f64,
+    /// Highest one-second machine-wide busy share, percent.
+    pub machine_max_pct: f64,
+    /// CPU seconds used by every process the run started (seed, pupils,
+    /// helpers), from getrusage after they were reaped.
+    pub lab_cpu_secs: f64,
+    /// CPU seconds of the seed's process group.
+    pub seed_cpu_secs: f64,
+    /// The seed's CPU seconds per second of the run, percent of one core.
+    pub seed_core_pct: f64,
+    /// The lab's processes' CPU seconds per second of the run, percent of
+    /// the whole machine (100 = every core).
+    pub lab_pct: f64,
+    /// Machine-wide busy share not explained by the lab's processes:
+    /// other work on the machine that disturbed the run.
+    pub other_pct: f64,
+    /// The run was limited by CPU rather than by the emulated network:
+    /// the machine was ≥ 90 % busy on average (whoever used it), or the
+    /// seed used ≥ 90 % of one core.
+    pub cpu_bound: bool,
+}
+
+/// The result of one run: one JSON line in the results file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// UTC start time, RFC 3339.
+    pub date: String,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Everyone who was not churned completed with verified bytes, and
+    /// nothing failed.
+    pub ok: bool,
+    /// What failed.
+    pub failures: Vec<String>,
+    /// The machine.
+    pub machine: Machine,
+    /// The parameters.
+    pub params: Params,
+    /// The bounds for these parameters.
+    pub bounds: Bounds,
+    /// Pupils that completed.
+    pub completed: usize,
+    /// Pupils stopped by churn.
+    pub churned: usize,
+    /// Time until the last completing pupil was done, seconds.
+    pub makespan_secs: f64,
+    /// Mean completion time of those that completed.
+    pub mean_secs: f64,
+    /// Median completion time of those that completed.
+    pub median_secs: f64,
+    /// `makespan / T_min`.
+    pub ratio_t_min: f64,
+    /// Time from starting the seed to its being ready (import, bind).
+    pub seed_ready_secs: f64,
+    /// Bytes the seed sent: classe's accounting where it exists, else the
+    /// interface counter.
+    pub seed_sent_bytes: u64,
+    /// Where `seed_sent_bytes` comes from: `classe_stats` or `interface`.
+    pub seed_sent_source: String,
+    /// `seed_sent_bytes / F`: copies of the lesson that left the seed.
+    pub seed_copies: f64,
+    /// The seed's interface counter (all layers).
+    pub seed_tx_if_bytes: u64,
+    /// Bytes all pupils sent: classe's accounting when every pupil wrote
+    /// its `--stats`, else interface counters (see `pupils_sent_source`).
+    pub pupils_sent_bytes: u64,
+    /// Where `pupils_sent_bytes` comes from: `classe_stats` or `interface`.
+    #[serde(default)]
+    pub pupils_sent_source: String,
+    /// Payload bytes the completed pupils received in all (classe
+    /// `--json`), and how much that exceeds one copy each, as a fraction
+    /// (bytes fetched twice: endgame duplicates, retried requests).
+    #[serde(default)]
+    pub received_excess: Option<f64>,
+    /// Observations that do not fail the run (a pupil killed after the
+    /// grace period, a figure taken from another source).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// `pupils_sent_bytes / F`.
+    pub pupils_copies: f64,
+    /// All pupils' interface counters (all layers, ACKs included).
+    pub pupils_tx_if_bytes: u64,
+    /// CPU use.
+    pub cpu: CpuUse,
+    /// Wall time of the whole run (build to teardown).
+    pub wall_secs: f64,
+    /// Per pupil.
+    pub pupils: Vec<PupilResult>,
+}
+
+static RUN_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name prefix unique on this machine: the pid and a counter.
+fn next_tag() -> String {
+    let k = RUN_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{}x{k}", net::NS_PREFIX, std::process::id())
+}
+
+/// Current UTC time as RFC 3339.
+pub fn utc_now() -> String {
+    rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = all[all.len().saturating_sub(lines)..].join(" | ");
+    if tail.is_empty() {
+        "(no output)".into()
+    } else {
+        tail
+    }
+}
+
+fn exit_text(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+enum Event {
+    Started {
+        index: usize,
+        at: Instant,
+    },
+    Done {
+        index: usize,
+        at: Instant,
+        line: String,
+    },
+    Failed {
+        index: usize,
+        reason: String,
+    },
+}
+
+struct PupilCtx {
+    index: usize,
+    ns: String,
+    script: String,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    start_at: tokio::time::Instant,
+    deadline: Instant,
+    done_mode: PupilDone,
+    ticket: String,
+    extend: bool,
+    providers: Arc<Mutex<Vec<ProviderInfo>>>,
+    events: mpsc::Sender<Event>,
+    stop: watch::Receiver<bool>,
+}
+
+struct PupilEnd {
+    index: usize,
+    exit: Option<String>,
+}
+
+/// A ticket with finished pupils added as providers, pupils first, at most
+/// [`classe_bundle::ticket::MAX_PROVIDERS`] in all. Pupil `index` starts
+/// its pick at a different finished pupil than its neighbours, so the load
+/// spreads. Anything that is not a classe ticket is returned unchanged.
+pub fn extend_ticket(ticket: &str, done: &[ProviderInfo], index: usize) -> String {
+    let Ok(mut t) = ticket.parse::<Ticket>() else {
+        return ticket.to_string();
+    };
+    let room = classe_bundle::ticket::MAX_PROVIDERS.saturating_sub(t.providers.len());
+    if done.is_empty() || room == 0 {
+        return ticket.to_string();
+    }
+    let k = room.min(done.len());
+    let picked: Vec<ProviderInfo> = (0..k)
+        .map(|j| done[(index + j) % done.len()].clone())
+        .filter(|p| !t.providers.iter().any(|q| q.node_id == p.node_id))
+        .collect();
+    t.providers = picked.into_iter().chain(t.providers).collect();
+    t.to_string()
+}
+
+/// A provider entry from a pupil's `classe fetch --json` summary.
+fn provider_from_summary(v: &serde_json::Value) -> Option<ProviderInfo> {
+    let id = data_encoding::HEXLOWER
+        .decode(v.get("node_id")?.as_str()?.as_bytes())
+        .ok()?;
+    let node_id: [u8; 32] = id.try_into().ok()?;
+    let addrs: Vec<SocketAddr> = v
+        .get("addrs")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .take(classe_bundle::ticket::MAX_ADDRS)
+        .collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(ProviderInfo {
+        node_id,
+        addrs,
+        relay_url: None,
+    })
+}
+
+async fn pupil_task(mut ctx: PupilCtx) -> PupilEnd {
+    let index = ctx.index;
+    let ended = |exit: Option<String>| PupilEnd { index, exit };
+    tokio::select! {
+        biased;
+        _ = ctx.stop.changed() => return ended(None),
+        _ = tokio::time::sleep_until(ctx.start_at) => {}
+    }
+    let ticket = if ctx.extend {
+        let done = ctx
+            .providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        extend_ticket(&ctx.ticket, &done, index)
+    } else {
+        ctx.ticket.clone()
+    };
+    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    let mut env = ctx.env.clone();
+    env.push(("LAB_TICKET".into(), ticket));
+    env.push((
+        "LAB_DEADLINE_SECS".into(),
+        left.as_secs().max(1).to_string(),
+    ));
+    let log = ctx.dir.join("log.txt");
+    let spec = Spec {
+        ns: &ctx.ns,
+        script: &ctx.script,
+        env,
+        log: Some(&log),
+        cwd: Some(&ctx.dir),
+    };
+    let name = format!("pupil {index}");
+    ctx.events
+        .send(Event::Started {
+            index,
+            at: Instant::now(),
+        })
+        .await
+        .ok();
+    let mut p = match Proc::spawn(&name, spec) {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            ctx.events.send(Event::Failed { index, reason }).await.ok();
+            return ended(None);
+        }
+    };
+    // Until done (or told to stop).
+    let done = match ctx.done_mode {
+        PupilDone::FirstLine => tokio::select! {
+            biased;
+            _ = ctx.stop.changed() => None,
+            line = p.next_line() => Some(match line {
+                Ok(Some(line)) => Ok(line),
+                _ => {
+                    let status = tokio::time::timeout(GRACE, p.wait()).await;
+                    let how = match status {
+                        Ok(Ok(s)) => exit_text(&s),
+                        _ => "closed its output".into(),
+                    };
+                    Err(format!("{how} before reporting done: {}", log_tail(&log, 3)))
+                }
+            }),
+        },
+        PupilDone::Exit => tokio::select! {
+            biased;
+            _ = ctx.stop.changed() => None,
+            status = p.wait() => Some(match status {
+                Ok(s) if s.success() => Ok(String::new()),
+                Ok(s) => Err(format!("{}: {}", exit_text(&s), log_tail(&log, 3))),
+                Err(e) => Err(format!("cannot wait: {e}")),
+            }),
+        },
+    };
+    match done {
+        None => {}
+        Some(Ok(line)) => {
+            let at = Instant::now();
+            ctx.events.send(Event::Done { index, at, line }).await.ok();
+            if ctx.done_mode == PupilDone::FirstLine {
+                // Seeding: it must stay up until told to stop.
+                tokio::select! {
+                    biased;
+                    _ = ctx.stop.changed() => {}
+                    status = p.wait() => {
+                        let how = status.map(|s| exit_text(&s)).unwrap_or_else(|e| e.to_string());
+                        let reason = format!("stopped seeding on its own ({how}): {}", log_tail(&log, 3));
+                        ctx.events.send(Event::Failed { index, reason }).await.ok();
+                    }
+                }
+            }
+        }
+        Some(Err(reason)) => {
+            ctx.events.send(Event::Failed { index, reason }).await.ok();
+        }
+    }
+    let status = p.stop(GRACE).await;
+    ended(status.as_ref().map(exit_text))
+}
+
+/// Per-pupil bookkeeping in the run loop.
+#[derive(Default)]
+struct Slot {
+    start: Option<Instant>,
+    done: Option<Instant>,
+    summary: Option<serde_json::Value>,
+    churned: bool,
+    failed: Option<String>,
+}
+
+impl Slot {
+    fn settled(&self) -> bool {
+        self.done.is_some() || self.churned || self.failed.is_some()
+    }
+}
+
+fn read_stats(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn stats_sent(v: &serde_json::Value) -> Option<u64> {
+    v.get("traffic")?.get("sent")?.as_u64()
+}
+
+/// Runs one scenario once. Errors are for runs that could not start
+/// (network, seed); a run whose pupils fail returns a result with `ok:
+/// false` and the reasons.
+pub async fn run_scenario(cfg: &RunConfig, lesson: &Lesson, probe: &Probe) -> Result<RunResult> {
+    let wall = Instant::now();
+    let date = utc_now();
+    let n = cfg.pupils();
+    if n == 0 || cfg.pupil_down.len() != n {
+        bail!("a run needs at least one pupil and one download rate per pupil");
+    }
+    let scenario = &cfg.scenario;
+    if uses_classe(scenario) && cfg.classe_bin.as_ref().is_none_or(|b| !b.is_file()) {
+        bail!(
+            "scenario {} needs the classe binary; none found at {:?}",
+            scenario.name,
+            cfg.classe_bin
+        );
+    }
+    let f = lesson.total();
+    let delay = if probe.netem { cfg.delay_ms } else { None };
+    let tag = next_tag();
+    let work = tempfile::Builder::new()
+        .prefix(&format!("classe-lab-{tag}-"))
+        .tempdir_in(&cfg.work_root)
+        .with_context(|| format!("cannot create a folder in {}", cfg.work_root.display()))?;
+    crate::register_path(work.path());
+    let result = run_in(cfg, lesson, &tag, work.path(), delay, f, date, wall).await;
+    if cfg.keep {
+        let kept = work.keep();
+        crate::unregister_path(&kept);
+        eprintln!("classe-lab: kept {}", kept.display());
+    } else {
+        crate::unregister_path(work.path());
+        drop(work);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    cfg: &RunConfig,
+    lesson: &Lesson,
+    tag: &str,
+    work: &Path,
+    delay: Option<f64>,
+    f: u64,
+    date: String,
+    wall: Instant,
+) -> Result<RunResult> {
+    let scenario = &cfg.scenario;
+    let n = cfg.pupils();
+    let mut shapes = vec![Shape {
+        up_bps: Some(cfg.seed_up),
+        down_bps: cfg.seed_down,
+    }];
+    shapes.extend(
+        cfg.pupil_up
+            .iter()
+            .zip(&cfg.pupil_down)
+            .map(|(&u, &d)| Shape {
+                up_bps: Some(u),
+                down_bps: d,
+            }),
+    );
+    let mut topo = Topology::build(tag, &shapes, delay)?;
+    let seed_ip = topo.seed().ip;
+
+    let files: Vec<&str> = lesson.files().iter().map(|(n, _)| n.as_str()).collect();
+    let urls: Vec<String> = files
+        .iter()
+        .map(|name| format!("http://{seed_ip}:{HTTP_PORT}/{name}"))
+        .collect();
+    let mut base_env: Vec<(String, String)> = vec![
+        ("LAB_SRC".into(), lesson.dir().display().to_string()),
+        ("LAB_FILES".into(), files.join(" ")),
+        ("LAB_URLS".into(), urls.join(" ")),
+        ("LAB_SEED_IP".into(), seed_ip.to_string()),
+        ("LAB_PORT".into(), HTTP_PORT.to_string()),
+        ("LAB_N".into(), n.to_string()),
+    ];
+    if let Some(bin) = &cfg.classe_bin {
+        base_env.push(("CLASSE".into(), bin.display().to_string()));
+    }
+    let host_env = |dir: &Path, addr: std::net::Ipv4Addr| -> Result<Vec<(String, String)>> {
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home)?;
+        let mut env = base_env.clone();
+        env.push(("LAB_ADDR".into(), addr.to_string()));
+        env.push(("LAB_HOME".into(), home.display().to_string()));
+        env.push((
+            "LAB_STATS".into(),
+            dir.join("stats.json").display().to_string(),
+        ));
+        Ok(env)
+    };
+
+    // Setup and seed.
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir)?;
+    let mut seed_env = host_env(&seed_dir, seed_ip)?;
+    let seed_deadline = (cfg.timeout + SEED_START * 2).as_secs().to_string();
+    seed_env.push(("LAB_DEADLINE_SECS".into(), seed_deadline));
+    let mut setup_line = String::new();
+    if let Some(setup) = &scenario.setup {
+        let log = seed_dir.join("setup.log");
+        let mut p = Proc::spawn(
+            "setup",
+            Spec {
+                ns: &topo.seed().ns,
+                script: setup,
+                env: seed_env.clone(),
+                log: Some(&log),
+                cwd: Some(&seed_dir),
+            },
+        )?;
+        let line = tokio::time::timeout(SEED_START, p.next_line()).await;
+        let status = tokio::time::timeout(SEED_START, p.wait()).await;
+        match (line, status) {
+            (Ok(Ok(line)), Ok(Ok(s))) if s.success() => setup_line = line.unwrap_or_default(),
+            _ => {
+                p.stop(GRACE).await;
+                bail!("setup of {} failed: {}", scenario.name, log_tail(&log, 5));
+            }
+        }
+    }
+    seed_env.push(("LAB_SETUP".into(), setup_line.clone()));
+    let seed_log = seed_dir.join("log.txt");
+    let seed_started = Instant::now();
+    let mut seed = Proc::spawn(
+        "seed",
+        Spec {
+            ns: &topo.seed().ns,
+            script: &scenario.seed,
+            env: seed_env.clone(),
+            log: Some(&seed_log),
+            cwd: Some(&seed_dir),
+        },
+    )?;
+    let ticket = match &scenario.seed_ready {
+        SeedReady::FirstLine => match tokio::time::timeout(SEED_START, seed.next_line()).await {
+            Ok(Ok(Some(line))) => line.trim().to_string(),
+            _ => {
+                seed.stop(GRACE).await;
+                bail!(
+                    "the seed of {} did not start: {}",
+                    scenario.name,
+                    log_tail(&seed_log, 5)
+                );
+            }
+        },
+        SeedReady::Command(check) => {
+            let ready_log = seed_dir.join("ready.log");
+            let mut ready = false;
+            // Bounded: at most SEED_START in 200 ms steps.
+            for _ in 0..(SEED_START.as_millis() / 200) {
+                if seed.try_exited().is_some() {
+                    break;
+                }
+                let mut c = Proc::spawn(
+                    "ready check",
+                    Spec {
+                        ns: &topo.seed().ns,
+                        script: check,
+                        env: seed_env.clone(),
+                        log: Some(&ready_log),
+                        cwd: Some(&seed_dir),
+                    },
+                )?;
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
+                    if s.success() {
+                        ready = true;
+                        break;
+                    }
+                }
+                c.stop(GRACE).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !ready {
+                seed.stop(GRACE).await;
+                bail!(
+                    "the seed of {} did not become ready: {}",
+                    scenario.name,
+                    log_tail(&seed_log, 5)
+                );
+            }
+            String::new()
+        }
+    };
+    let seed_ready_secs = seed_started.elapsed().as_secs_f64();
+    let seed_node: Option<[u8; 32]> = ticket
+        .parse::<Ticket>()
+        .ok()
+        .and_then(|t| t.providers.first().map(|p| p.node_id));
+
+    // Baselines.
+    let hosts = topo.hosts().to_vec();
+    let base_counters: Vec<net::LinkCounters> = hosts
+        .iter()
+        .map(|h| topo.counters(h).unwrap_or_default())
+        .collect();
+    let children_cpu0 = proc::children_cpu_secs();
+    let seed_cpu0 = seed.group_cpu_secs();
+    let samples = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let sampler = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            let mut prev = proc::machine_cpu_ticks();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = proc::machine_cpu_ticks();
+                if let (Some((b0, t0)), Some((b1, t1))) = (prev, now) {
+                    if t1 > t0 {
+                        let pct = 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64;
+                        samples.lock().unwrap_or_else(|p| p.into_inner()).push(pct);
+                    }
+                }
+                prev = now;
+            }
+        })
+    };
+    let machine0 = proc::machine_cpu_ticks();
+
+    // Pupils.
+    let t0 = Instant::now();
+    let tokio_t0 = tokio::time::Instant::now();
+    let deadline = t0 + cfg.timeout;
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(4 * n + 16);
+    let providers = Arc::new(Mutex::new(Vec::<ProviderInfo>::new()));
+    let mut stops = Vec::with_capacity(n);
+    let mut tasks = JoinSet::new();
+    for (i, host) in hosts.iter().enumerate().skip(1) {
+        let dir = work.join(format!("pupil-{i}"));
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out)?;
+        let mut env = host_env(&dir, host.ip)?;
+        env.push(("LAB_OUT".into(), out.display().to_string()));
+        env.push(("LAB_PUPIL".into(), i.to_string()));
+        env.push(("LAB_SETUP".into(), setup_line.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        stops.push(stop_tx);
+        let ctx = PupilCtx {
+            index: i,
+            ns: host.ns.clone(),
+            script: scenario.pupil.clone(),
+            env,
+            dir,
+            start_at: tokio_t0 + Duration::from_secs_f64(cfg.stagger_secs * (i - 1) as f64),
+            deadline,
+            done_mode: scenario.pupil_done,
+            ticket: ticket.clone(),
+            extend: scenario.extend_ticket,
+            providers: providers.clone(),
+            events: ev_tx.clone(),
+            stop: stop_rx,
+        };
+        tasks.spawn(pupil_task(ctx));
+    }
+    drop(ev_tx);
+
+    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+    let churn_set = cfg
+        .churn
+        .map(|c| metrics::spread_subset(n, c.fraction))
+        .unwrap_or_else(|| vec![false; n]);
+    let mut churn_at = cfg
+        .churn
+        .map(|c| tokio_t0 + Duration::from_secs_f64(c.at_secs.max(0.0)));
+    let tokio_deadline = tokio_t0 + cfg.timeout;
+    let mut failures = Vec::new();
+    let mut timed_out = false;
+    while !slots.iter().all(Slot::settled) {
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                None => break,
+                Some(Event::Started { index, at }) => slots[index - 1].start = Some(at),
+                Some(Event::Done { index, at, line }) => {
+                    let slot = &mut slots[index - 1];
+                    if slot.churned {
+                        continue;
+                    }
+                    slot.done = Some(at);
+                    if scenario.pupil_done == PupilDone::FirstLine {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                            if scenario.extend_ticket {
+                                if let Some(p) = provider_from_summary(&v) {
+                                    providers.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+                                }
+                            }
+                            slot.summary = Some(v);
+                        }
+                    }
+                }
+                Some(Event::Failed { index, reason }) => {
+                    let slot = &mut slots[index - 1];
+                    if !slot.churned {
+                        failures.push(format!("pupil {index}: {reason}"));
+                        slot.failed = Some(reason);
+                    }
+                }
+            },
+            _ = async { if let Some(at) = churn_at { tokio::time::sleep_until(at).await } else { std::future::pending::<()>().await } } => {
+                churn_at = None;
+                for (i, leave) in churn_set.iter().enumerate() {
+                    if *leave && slots[i].failed.is_none() {
+                        slots[i].churned = true;
+                        stops[i].send(true).ok();
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(tokio_deadline) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    let t_end = Instant::now();
+    let machine1 = proc::machine_cpu_ticks();
+    sampler.abort();
+    let seed_cpu_secs = (seed.group_cpu_secs() - seed_cpu0).max(0.0);
+    if timed_out {
+        for (i, s) in slots.iter().enumerate() {
+            if !s.settled() {
+                failures.push(format!(
+                    "pupil {}: not done within the run's limit of {:.0} s",
+                    i + 1,
+                    cfg.timeout.as_secs_f64()
+                ));
+            }
+        }
+    }
+    if seed.try_exited().is_some() {
+        failures.push(format!(
+            "the seed exited during the run: {}",
+            log_tail(&seed_log, 3)
+        ));
+    }
+
+    // Stop everyone: pupils first (they write their stats), then the seed.
+    for s in &stops {
+        s.send(true).ok();
+    }
+    let mut ends: BTreeMap<usize, Option<String>> = BTreeMap::new();
+    let stop_all = async {
+        while let Some(end) = tasks.join_next().await {
+            if let Ok(end) = end {
+                ends.insert(end.index, end.exit);
+            }
+        }
+    };
+    if tokio::time::timeout(GRACE * 3, stop_all).await.is_err() {
+        failures.push("some pupils did not stop in time (killed)".into());
+        tasks.abort_all();
+    }
+    let seed_exit = seed.stop(GRACE).await;
+    if scenario.accounting == Accounting::ClasseStats
+        && seed_exit.as_ref().is_some_and(|s| !s.success())
+    {
+        failures.push(format!(
+            "the seed did not exit cleanly ({}): {}",
+            seed_exit.as_ref().map(exit_text).unwrap_or_default(),
+            log_tail(&seed_log, 3)
+        ));
+    }
+    let lab_cpu_secs = (proc::children_cpu_secs() - children_cpu0).max(0.0);
+    let counters: Vec<net::LinkCounters> = hosts
+        .iter()
+        .zip(&base_counters)
+        .map(|(h, b)| {
+            let c = topo.counters(h).unwrap_or_default();
+            net::LinkCounters {
+                rx: c.rx.saturating_sub(b.rx),
+                tx: c.tx.saturating_sub(b.tx),
+            }
+        })
+        .collect();
+    topo.destroy();
+
+    // Per pupil: times, classe's own figures, verification.
+    let seed_hex = seed_node.map(|id| data_encoding::HEXLOWER.encode(&id));
+    let mut pupils = Vec::with_capacity(n);
+    for (i, slot) in slots.iter().enumerate() {
+        let index = i + 1;
+        let dir = work.join(format!("pupil-{index}"));
+        let stats = read_stats(&dir.join("stats.json"));
+        let summary = slot.summary.as_ref();
+        let received = summary.and_then(|v| v.get("received_bytes")?.as_u64());
+        let from_seed = summary.and_then(|v| {
+            let per = v.get("per_provider")?.as_object()?;
+            Some(
+                seed_hex
+                    .as_ref()
+                    .and_then(|h| per.get(h))
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+            )
+        });
+        let completed = slot.done.is_some();
+        let verified = if completed {
+            let out = dir.join("out");
+            match lesson.verify(&out) {
+                Ok(()) => Some(true),
+                Err(e) => {
+                    failures.push(format!(
+                        "pupil {index}: output does not match the source: {e}"
+                    ));
+                    Some(false)
+                }
+            }
+        } else {
+            None
+        };
+        let rel = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(t0).as_secs_f64());
+        pupils.push(PupilResult {
+            index,
+            ip: hosts[index].ip.to_string(),
+            up_bps: cfg.pupil_up[i],
+            down_bps: cfg.pupil_down[i],
+            start_secs: rel(slot.start),
+            done_secs: rel(slot.done),
+            elapsed_secs: match (slot.start, slot.done) {
+                (Some(s), Some(d)) => Some(d.saturating_duration_since(s).as_secs_f64()),
+                _ => None,
+            },
+            completed,
+            churned: slot.churned,
+            verified,
+            exit: ends.get(&index).cloned().flatten(),
+            reported_secs: summary.and_then(|v| v.get("seconds")?.as_f64()),
+            received_bytes: received,
+            from_seed_bytes: from_seed,
+            from_pupils_bytes: match (received, from_seed) {
+                (Some(r), Some(s)) => Some(r.saturating_sub(s)),
+                _ => None,
+            },
+            sent_app_bytes: stats.as_ref().and_then(stats_sent),
+            tx_if_bytes: counters[index].tx,
+            rx_if_bytes: counters[index].rx,
+            error: slot.failed.clone(),
+        });
+    }
+    for p in &pupils {
+        if !p.churned && !p.completed && p.error.is_none() && !timed_out {
+            failures.push(format!("pupil {}: did not complete", p.index));
+        }
+    }
+
+    // Figures.
+    let done_times: Vec<f64> = pupils.iter().filter_map(|p| p.done_secs).collect();
+    let makespan = done_times.iter().copied().fold(0.0, f64::max);
+    let bounds = metrics::bounds(f, cfg.seed_up, &cfg.pupil_up, &cfg.pupil_down);
+    let seed_stats = read_stats(&seed_dir.join("stats.json"));
+    let seed_app = seed_stats.as_ref().and_then(stats_sent);
+    let pupils_app: Option<u64> = pupils.iter().map(|p| p.sent_app_bytes).sum();
+    let pupils_if: u64 = pupils.iter().map(|p| p.tx_if_bytes).sum();
+    let mut notes = Vec::new();
+    for p in &pupils {
+        if p.exit.as_deref() == Some("signal 9") {
+            notes.push(format!(
+                "pupil {} did not exit within {} s of SIGTERM and was killed{}",
+                p.index,
+                GRACE.as_secs(),
+                if scenario.accounting == Accounting::ClasseStats {
+                    " (so it wrote no --stats)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let (pupils_sent, pupils_source) = match (scenario.accounting, pupils_app) {
+        (Accounting::ClasseStats, Some(b)) => (b, "classe_stats"),
+        (Accounting::ClasseStats, None) => {
+            notes.push(
+                "not every pupil wrote --stats: the pupils' bytes sent are interface counters (headers included)"
+                    .into(),
+            );
+            (pupils_if, "interface")
+        }
+        (Accounting::Interface, _) => (pupils_if, "interface"),
+    };
+    let received: Option<u64> = pupils
+        .iter()
+        .filter(|p| p.completed)
+        .map(|p| p.received_bytes)
+        .sum();
+    let n_done = pupils.iter().filter(|p| p.completed).count() as f64;
+    let received_excess = received
+        .filter(|_| n_done > 0.0)
+        .map(|r| r as f64 / (f as f64 * n_done) - 1.0);
+    let (seed_sent, source) = match (scenario.accounting, seed_app) {
+        (Accounting::ClasseStats, Some(s)) => (s, "classe_stats"),
+        (Accounting::ClasseStats, None) => {
+            failures
+                .push("the seed wrote no --stats file: its bytes come from the interface".into());
+            (counters[0].tx, "interface")
+        }
+        (Accounting::Interface, _) => (counters[0].tx, "interface"),
+    };
+    let run_secs = t_end.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+    let machine_mean_pct = match (machine0, machine1) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => 0.0,
+    };
+    let machine_max_pct = samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .fold(machine_mean_pct, f64::max);
+    let seed_core_pct = 100.0 * seed_cpu_secs / run_secs;
+    let cores = Machine::detect().cores.max(1) as f64;
+    // Only the run's own window counts: the lab's CPU time covers it all
+    // (seed import and shutdown too), so this slightly overstates it.
+    let lab_pct = (100.0 * lab_cpu_secs / run_secs / cores).min(100.0);
+    let cpu = CpuUse {
+        machine_mean_pct,
+        machine_max_pct,
+        lab_cpu_secs,
+        seed_cpu_secs,
+        seed_core_pct,
+        lab_pct,
+        other_pct: (machine_mean_pct - lab_pct).max(0.0),
+        cpu_bound: machine_mean_pct >= 90.0 || seed_core_pct >= 90.0,
+    };
+    let completed = pupils.iter().filter(|p| p.completed).count();
+    let churned = pupils.iter().filter(|p| p.churned).count();
+    let all_in = pupils.iter().all(|p| p.churned || p.verified == Some(true));
+    Ok(RunResult {
+        schema: SCHEMA.into(),
+        date,
+        scenario: scenario.name.clone(),
+        ok: failures.is_empty() && all_in,
+        failures,
+        machine: Machine::detect(),
+        params: Params {
+            n,
+            file_bytes: f,
+            files: lesson.files().len(),
+            seed_up_bps: cfg.seed_up,
+            seed_down_bps: cfg.seed_down,
+            pupil_up_bps: cfg.pupil_up.clone(),
+            pupil_down_bps: cfg.pupil_down.clone(),
+            delay_ms: cfg.delay_ms,
+            delay_emulated: delay.is_some(),
+            stagger_secs: cfg.stagger_secs,
+            churn: cfg.churn,
+            timeout_secs: cfg.timeout.as_secs_f64(),
+            extend_ticket: scenario.extend_ticket,
+            classe: if uses_classe(scenario) {
+                cfg.classe_info.clone()
+            } else {
+                None
+            },
+        },
+        bounds,
+        completed,
+        churned,
+        makespan_secs: makespan,
+        mean_secs: metrics::mean(&done_times),
+        median_secs: metrics::median(&done_times),
+        ratio_t_min: makespan / bounds.t_min,
+        seed_ready_secs,
+        seed_sent_bytes: seed_sent,
+        seed_sent_source: source.into(),
+        seed_copies: seed_sent as f64 / f as f64,
+        seed_tx_if_bytes: counters[0].tx,
+        pupils_sent_bytes: pupils_sent,
+        pupils_copies: pupils_sent as f64 / f as f64,
+        pupils_sent_source: pupils_source.into(),
+        received_excess,
+        notes,
+        pupils_tx_if_bytes: pupils.iter().map(|p| p.tx_if_bytes).sum(),
+        cpu,
+        wall_secs: wall.elapsed().as_secs_f64(),
+        pupils,
+    })
+}
+
+/// Whether a scenario runs `$CLASSE`.
+pub fn uses_classe(s: &Scenario) -> bool {
+    [s.setup.as_deref().unwrap_or(""), &s.seed, &s.pupil]
+        .iter()
+        .any(|x| x.contains("$CLASSE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use classe_bundle::AuthorSecret;
+
+    fn provider(b: u8, port: u16) -> ProviderInfo {
+        ProviderInfo {
+            node_id: [b; 32],
+            addrs: vec![SocketAddr::from(([10, 77, 1, b], port))],
+            relay_url: None,
+        }
+    }
+
+    #[test]
+    fn tickets_grow_with_finished_pupils_up_to_the_limit() {
+        let author = AuthorSecret::generate().public();
+        let t = Ticket {
+            root: [9; 32],
+            author,
+            providers: vec![provider(0, 1)],
+        };
+        let text = t.to_string();
+        assert_eq!(extend_ticket(&text, &[], 3), text);
+        let done: Vec<_> = (1..=20).map(|b| provider(b, 1000 + u16::from(b))).collect();
+        let grown: Ticket = extend_ticket(&text, &done, 5).parse().unwrap();
+        assert_eq!(grown.providers.len(), classe_bundle::ticket::MAX_PROVIDERS);
+        // The teacher stays, last.
+        assert_eq!(grown.providers.last().unwrap().node_id, [0; 32]);
+        // Pupil 5 starts its pick at finished pupil index 5 (node 6).
+        assert_eq!(grown.providers[0].node_id, [6; 32]);
+        // A non-classe ticket is passed through.
+        assert_eq!(extend_ticket("not a ticket", &done, 1), "not a ticket");
+    }
+
+    #[test]
+    fn providers_come_from_fetch_summaries() {
+        let v = serde_json::json!({
+            "node_id": "ab".repeat(32),
+            "addrs": ["10.77.1.3:4444", "garbage"],
+        });
+        let p = provider_from_summary(&v).unwrap();
+        assert_eq!(p.node_id, [0xab; 32]);
+        assert_eq!(
+            p.addrs,
+            vec!["10.77.1.3:4444".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(provider_from_summary(&serde_json::json!({"node_id": "zz"})).is_none());
+    }
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_584_316_800 + 8 * 3600), "2020-03-16T08:00:00Z");
+        let d = utc_now();
+        assert_eq!(d.len(), 20);
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
+}

@@ -1,0 +1,116 @@
+//! The lab's smoke configuration (N = 3, F = 5 MB, default rates) with
+//! both scenarios, as CI runs it: everyone completes, every output matches
+//! the source byte for byte, nothing is left behind. Speed is not judged
+//! here (the classe binary is a debug build).
+//!
+//! Needs root and `ip netns`; prints a SKIPPED line otherwise. The central
+//! scenario needs nginx and curl (`apt-get install nginx-light curl`). The
+//! classe binary is `target/debug/classe`, built by `cargo test
+//! --workspace` before any test runs, or `$CLASSE_BIN`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use classe_lab::{net, plan::Plan, scenario};
+
+fn classe_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CLASSE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    // target/debug/deps/smoke-<hash> → target/debug/classe
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("classe");
+    p.is_file().then_some(p)
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+#[test]
+fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
+    let probe = net::probe();
+    if !probe.usable() {
+        println!(
+            "SKIPPED classe-lab smoke: needs root and ip netns ({})",
+            probe.notes.join("; ")
+        );
+        return;
+    }
+    let mut scenarios = Vec::new();
+    if scenario::have_program("nginx") && scenario::have_program("curl") {
+        scenarios.push(scenario::central());
+    } else {
+        println!(
+            "SKIPPED classe-lab smoke, central scenario: nginx or curl is not installed (apt-get install nginx-light curl)"
+        );
+    }
+    let bin = classe_bin();
+    match &bin {
+        Some(_) => scenarios.push(scenario::classe(true)),
+        None if in_ci() => panic!("no classe binary next to the tests: run `cargo test --workspace`"),
+        None => println!(
+            "SKIPPED classe-lab smoke, classe scenario: no target/debug/classe (run `cargo build -p classe` or set CLASSE_BIN)"
+        ),
+    }
+    if scenarios.is_empty() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut plan = Plan::smoke(scenarios);
+    plan.classe_bin = bin;
+    plan.work_root = work.path().to_path_buf();
+    let expected = plan.scenarios.len();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (results, errors) = rt.block_on(plan.run(&probe, |_| {})).unwrap();
+    let took = started.elapsed();
+    rt.shutdown_timeout(Duration::from_secs(2));
+
+    assert!(errors.is_empty(), "runs that could not start: {errors:?}");
+    assert_eq!(results.len(), expected);
+    for r in &results {
+        assert!(r.ok, "{} failed: {:?}", r.scenario, r.failures);
+        assert_eq!(r.completed, 3, "{}: not everyone completed", r.scenario);
+        assert!(
+            r.pupils.iter().all(|p| p.verified == Some(true)),
+            "{}: an output was not verified",
+            r.scenario
+        );
+        // The seed sent at least one whole copy (nothing else had it).
+        assert!(
+            r.seed_copies > 0.99,
+            "{}: seed sent {}",
+            r.scenario,
+            r.seed_copies
+        );
+        assert!(r.makespan_secs > 0.0 && r.makespan_secs >= r.bounds.seed_term * 0.9);
+        println!(
+            "{}: makespan {:.1} s, T_min {:.1} s, seed copies {:.2}",
+            r.scenario, r.makespan_secs, r.bounds.t_min, r.seed_copies
+        );
+    }
+
+    // Nothing left behind: namespaces of this process, temporary folders.
+    let own = format!("{}{}x", net::NS_PREFIX, std::process::id());
+    let left: Vec<String> = net::list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&own))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert!(files.is_empty(), "files left in the work folder: {files:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "the smoke run took {took:?}"
+    );
+}
