@@ -472,9 +472,17 @@ async fn session(
     }
 }
 
-fn classify(e: &GetError) -> Outcome {
+fn classify(e: &GetError, store_dir: &std::path::Path) -> Outcome {
+    // iroh-blobs reports both "cannot open a stream to the peer" (a peer
+    // that left) and store failures as LocalFailure; only a full disk is
+    // ours to report. Treating every LocalFailure as local aborted whole
+    // fetches in the lab when a third of the class left at once.
     if matches!(e, GetError::LocalFailure { .. }) || e.local_write().is_some() {
-        return Outcome::Local(format!("cannot write to the local store: {e}"));
+        let full = crate::fetch::available_space(store_dir).is_some_and(|free| free < 4 << 20);
+        if full {
+            return Outcome::Local(format!("cannot write to the local store (disk full): {e}"));
+        }
+        return Outcome::Fail(FailReason::Error, e.to_string());
     }
     if let GetError::Decode { source, .. } = e {
         if matches!(
@@ -551,7 +559,7 @@ async fn request_piece(
                         .await
                         .ok();
                 }
-                break Err(classify(&e));
+                break Err(classify(&e, store.dir()));
             }
         }
     };

@@ -433,7 +433,7 @@ impl Node {
 }
 
 /// Free bytes on the file system holding `path`.
-fn available_space(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn available_space(path: &std::path::Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
