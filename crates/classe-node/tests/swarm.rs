@@ -180,3 +180,32 @@ async fn late_joiner_gets_most_bytes_from_pupils() -> Result<()> {
     teacher.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_leaving_mid_download_does_not_abort_the_fetch() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let size = 2 * MB;
+    // Slow uplinks, so the late pupil is mid-download when the early one
+    // leaves.
+    let (teacher, ticket, _) = share(dir.path(), size, 400_000).await?;
+    let early = node(dir.path(), "early", Some(400_000)).await?;
+    early
+        .fetch(request(&ticket), trusted, mpsc::channel(1).0)
+        .await?;
+    let late = node(dir.path(), "late", None).await?;
+    let mut req = request(&ticket);
+    req.providers.push(early.provider_info());
+    let fetch = tokio::spawn(async move {
+        let r = late.fetch(req, trusted, mpsc::channel(1).0).await;
+        (late, r)
+    });
+    // The early pupil leaves while the late one is fetching from it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    early.shutdown().await;
+    let (late, report) = tokio::time::timeout(Duration::from_secs(60), fetch).await??;
+    let report = report.map_err(|e| anyhow::anyhow!("fetch failed after a peer left: {e}"))?;
+    assert!(report.received_bytes >= size);
+    late.shutdown().await;
+    teacher.shutdown().await;
+    Ok(())
+}
