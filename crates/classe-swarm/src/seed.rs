@@ -22,7 +22,16 @@ pub struct SeedPolicy {
     at_min: usize,
     /// A piece may be sent while its count is at most `min + slack`.
     slack: u32,
+    /// Refusals of each piece since it was last sent.
+    refused: Vec<u8>,
 }
+
+/// A piece refused this many times in a row is sent anyway. Without this
+/// the rule can starve a class: when the pupils who got the only copies of
+/// a piece leave, the others need that piece while nobody asks for the
+/// least-sent ones, so the minimum never rises and the piece is refused
+/// forever (seen in the lab: a third of the class left, the rest stalled).
+pub const MAX_REFUSALS: u8 = 32;
 
 impl SeedPolicy {
     /// A policy over `pieces` pieces. `slack` 0 is strict super-seeding.
@@ -32,6 +41,7 @@ impl SeedPolicy {
             min: 0,
             at_min: pieces as usize,
             slack,
+            refused: vec![0; pieces as usize],
         }
     }
 
@@ -42,8 +52,13 @@ impl SeedPolicy {
             return true;
         };
         if count > self.min + self.slack {
-            return false;
+            let refused = &mut self.refused[piece as usize];
+            *refused = refused.saturating_add(1);
+            if *refused < MAX_REFUSALS {
+                return false;
+            }
         }
+        self.refused[piece as usize] = 0;
         self.sent[piece as usize] = count + 1;
         if count == self.min {
             self.at_min -= 1;
@@ -104,6 +119,24 @@ mod tests {
         assert_eq!(policy.min_sent(), 1);
         assert!(policy.admit(2));
         assert!(!policy.admit(2));
+    }
+
+    #[test]
+    fn a_piece_whose_copies_were_lost_is_sent_again() {
+        let mut policy = SeedPolicy::new(2, 0);
+        assert!(policy.admit(0));
+        assert!(policy.admit(1));
+        assert!(policy.admit(0));
+        // Piece 0's two copies left with their pupils; piece 1 is at
+        // count 1 and nobody asks for it. Piece 0 is refused a few times,
+        // then sent.
+        let mut tries = 0;
+        while !policy.admit(0) {
+            tries += 1;
+            assert!(tries < 100, "piece 0 starves");
+        }
+        assert_eq!(tries, (MAX_REFUSALS - 1) as usize);
+        assert_eq!(policy.sent(0), 3);
     }
 
     #[test]

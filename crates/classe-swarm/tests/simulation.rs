@@ -39,6 +39,22 @@ struct Outcome {
 
 /// Rates in bytes per second. Node 0 is the seed.
 fn simulate(n: usize, file: u64, up_seed: f64, up: &[f64], down: f64, seed: u64) -> Outcome {
+    simulate_with_churn(n, file, up_seed, up, down, seed, &[], f64::INFINITY)
+}
+
+/// As [`simulate`], and the pupils in `leaving` go away at `leave_at`
+/// seconds, with whatever they hold.
+#[allow(clippy::too_many_arguments)]
+fn simulate_with_churn(
+    n: usize,
+    file: u64,
+    up_seed: f64,
+    up: &[f64],
+    down: f64,
+    seed: u64,
+    leaving: &[usize],
+    leave_at: f64,
+) -> Outcome {
     let layout = Layout::new(&[file], classe_swarm::DEFAULT_PIECE_SIZE);
     let pieces = layout.piece_count();
     let mut sched: Vec<Option<Scheduler<usize>>> = vec![None];
@@ -73,8 +89,23 @@ fn simulate(n: usize, file: u64, up_seed: f64, up: &[f64], down: f64, seed: u64)
         .max(file as f64 / down)
         .max(n as f64 * file as f64 / (up_seed + up.iter().sum::<f64>()));
     let limit = (t_min * 10.0 / dt) as usize;
+    let mut left = false;
     for step in 0..limit {
         let now = Duration::from_secs_f64(step as f64 * dt);
+        if !left && step as f64 * dt >= leave_at {
+            left = true;
+            for &gone in leaving {
+                sched[gone] = None;
+                done_at[gone] = Some(f64::NAN);
+                transfers.retain(|t| t.from != gone && t.to != gone);
+                for j in 1..=n {
+                    if let Some(other) = sched[j].as_mut() {
+                        dirty[j] = true;
+                        other.handle(now, Event::PeerLeft(gone));
+                    }
+                }
+            }
+        }
         // Deliver refusals from the previous step (one step of latency).
         for (to, from, piece, why) in std::mem::take(&mut refusals) {
             dirty[to] = true;
@@ -205,8 +236,13 @@ fn simulate(n: usize, file: u64, up_seed: f64, up: &[f64], down: f64, seed: u64)
             .collect();
         eprintln!("uplink busy fraction (seed first): {}", util.join(" "));
     }
-    let completed = (1..=n).filter(|i| done_at[*i].is_some()).count();
-    let makespan = (1..=n).filter_map(|i| done_at[i]).fold(0.0, f64::max);
+    let completed = (1..=n)
+        .filter(|i| done_at[*i].is_some_and(|t| !t.is_nan()))
+        .count();
+    let makespan = (1..=n)
+        .filter_map(|i| done_at[i])
+        .filter(|t| !t.is_nan())
+        .fold(0.0, f64::max);
     Outcome {
         makespan,
         t_min,
@@ -270,4 +306,27 @@ fn single_pupil_gets_everything_from_the_seed_at_full_rate() {
         "{:.3}",
         out.seed_copies
     );
+}
+
+#[test]
+fn a_third_leaving_at_half_time_does_not_stall_the_rest() {
+    let n = 30;
+    let leaving: Vec<usize> = (1..=n).filter(|i| i % 3 == 0).collect();
+    let out = simulate_with_churn(
+        n,
+        50_000_000,
+        20.0 * MBIT,
+        &vec![10.0 * MBIT; n],
+        100.0 * MBIT,
+        4,
+        &leaving,
+        20.0,
+    );
+    println!(
+        "churn: {} of {} stayers completed, makespan {:.1}s",
+        out.completed,
+        n - leaving.len(),
+        out.makespan
+    );
+    assert_eq!(out.completed, n - leaving.len());
 }
