@@ -6,15 +6,12 @@
 //! requested only once the signature checks out, the signer is the author
 //! the ticket named, and the trust policy said yes.
 //!
-//! Files are spread over all providers that answered: each provider works
-//! through a shared queue of missing files, one at a time; a provider that
-//! fails (disconnects, stalls, or sends bytes that fail BLAKE3 verification)
-//! is dropped and its file goes back to the queue for the others.
-//! iroh-blobs asks only for ranges not already in the store, so an
-//! interrupted fetch resumes where it stopped.
+//! The files then come piece by piece from every peer at once (see
+//! `download.rs`); pieces already in the store are not asked for
+//! again, so an interrupted fetch resumes where it stopped.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashSet},
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -227,7 +224,8 @@ impl Node {
         self.account_bundle(root, files.iter().map(|f| Hash::from_bytes(f.hash)));
         let total_bytes = manifest.manifest().total_size();
         let mut already = 0u64;
-        let mut missing = VecDeque::new();
+        // Bytes of distinct blobs still to come.
+        let mut needed = 0u64;
         let mut seen = HashSet::new();
         for f in files {
             let hash = Hash::from_bytes(f.hash);
@@ -243,12 +241,11 @@ impl Node {
             let have = store.blob_local_bytes(hash, f.size).await?;
             already += have;
             if !store.blob_complete(hash, f.size).await? && seen.insert(hash) {
-                missing.push_back((hash, f.size));
+                needed += f.size;
             }
         }
         // Duplicate contents were counted once per path; cap at the total.
         already = already.min(total_bytes);
-        let needed: u64 = missing.iter().map(|(_, size)| *size).sum();
         if let Some(free) = available_space(store.dir()) {
             // Data plus its BLAKE3 outboard (about 1/256 of it) and slack.
             let want = needed + needed / 128 + 1024 * 1024;
@@ -269,7 +266,7 @@ impl Node {
             })
             .ok();
 
-        if !missing.is_empty() {
+        if needed > 0 {
             if providers.is_empty() && self.swarm_registry().peers(root).is_empty() {
                 return Err(FetchError::NoProvider(
                     "none of the ticket's providers answered; is the teacher's classe still running and reachable?".into(),
