@@ -24,16 +24,7 @@ fn fetched_tree_equals_shared_tree() {
     let sharer = teacher.share(&lesson, &["--title", "Fractions CM2"]);
 
     let out_dir = dir.path().join("out");
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &key,
-        "--no-seed",
-        "--json",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&key), &out_dir, &["--json"]);
     assert!(out.status.success(), "fetch failed: {}", stderr(&out));
     assert_eq!(tree(&out_dir), tree(&lesson));
 
@@ -76,13 +67,7 @@ fn untrusted_signer_is_refused_and_nothing_is_written() {
     let sharer = teacher.share(&lesson, &[]);
 
     let out_dir = dir.path().join("out");
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, None, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("do not trust"), "{err}");
@@ -98,13 +83,7 @@ fn untrusted_signer_is_refused_and_nothing_is_written() {
     assert!(add.status.success(), "{}", stderr(&add));
     let list = pupil.run(&["trust", "list"]);
     assert!(stdout(&list).contains(&key));
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, None, &out_dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(tree(&out_dir), tree(&lesson));
     sharer.stop();
@@ -124,15 +103,7 @@ fn bundle_signed_by_another_key_than_trusted_is_refused() {
 
     // The pupil trusts the real teacher only; the ticket is honest about
     // being the impostor's.
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &real_teacher,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&real_teacher), &out_dir, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!out_dir.exists());
 
@@ -140,15 +111,7 @@ fn bundle_signed_by_another_key_than_trusted_is_refused() {
     // bundle: the manifest's signer does not match.
     let mut forged: Ticket = sharer.ticket.parse().unwrap();
     forged.author = real_teacher.parse().unwrap();
-    let out = pupil.run(&[
-        "fetch",
-        &forged.to_string(),
-        "--trust",
-        &real_teacher,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&forged.to_string(), Some(&real_teacher), &out_dir, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("not by"), "{}", stderr(&out));
     assert!(!out_dir.exists());
@@ -189,16 +152,7 @@ fn killed_fetch_resumes_and_receives_less() {
     first.kill9();
     assert!(!out_dir.exists(), "a killed fetch left output behind");
 
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &key,
-        "--no-seed",
-        "--json",
-        "--out",
-        &out_arg,
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&key), &out_dir, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(tree(&out_dir), tree(&lesson));
     let summary = json_line(&out);
@@ -211,11 +165,7 @@ fn killed_fetch_resumes_and_receives_less() {
         "second run received {received} of {total}: {summary}"
     );
     // No staging folder is left next to the output.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("classe-partial"))
-        .collect();
+    let leftovers = staging_leftovers(dir.path());
     assert!(leftovers.is_empty(), "{leftovers:?}");
     sharer.stop();
 }
@@ -280,15 +230,7 @@ fn existing_destination_is_refused_before_downloading() {
     let out_dir = dir.path().join("taken");
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("mine.txt"), "do not touch").unwrap();
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &key,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&key), &out_dir, &[]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert_eq!(
         std::fs::read_to_string(out_dir.join("mine.txt")).unwrap(),
@@ -432,15 +374,7 @@ fn full_disk_is_reported_and_leaves_nothing() {
     // The store cannot hold the lesson.
     let pupil = User::new(&small, "pupil");
     let out_dir = dir.path().join("out");
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &key,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&key), &out_dir, &[]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("disk space"), "{}", stderr(&out));
     assert!(!out_dir.exists());
@@ -448,23 +382,11 @@ fn full_disk_is_reported_and_leaves_nothing() {
     // The store can, but the destination cannot.
     let pupil = User::new(dir.path(), "pupil2");
     let out_dir = small.join("out");
-    let out = pupil.run(&[
-        "fetch",
-        &sharer.ticket,
-        "--trust",
-        &key,
-        "--no-seed",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = pupil.fetch(&sharer.ticket, Some(&key), &out_dir, &[]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("disk space"), "{}", stderr(&out));
     assert!(!out_dir.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&small)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("classe-partial"))
-        .collect();
+    let leftovers = staging_leftovers(&small);
     assert!(leftovers.is_empty(), "{leftovers:?}");
     sharer.stop();
 }

@@ -46,6 +46,18 @@ impl User {
         run_with_timeout(cmd, STEP_TIMEOUT)
     }
 
+    /// `classe fetch TICKET --no-seed --out OUT`, trusting `trust` if
+    /// given, plus `extra` flags.
+    pub fn fetch(&self, ticket: &str, trust: Option<&str>, out: &Path, extra: &[&str]) -> Output {
+        let out = out.to_str().expect("utf-8 path");
+        let mut args = vec!["fetch", ticket, "--no-seed", "--out", out];
+        if let Some(key) = trust {
+            args.extend(["--trust", key]);
+        }
+        args.extend(extra);
+        self.run(&args)
+    }
+
     pub fn id(&self) -> String {
         let out = self.run(&["id"]);
         assert!(out.status.success(), "id failed: {}", stderr(&out));
@@ -215,6 +227,16 @@ pub fn make_lesson(dir: &Path, big: usize) {
     .expect("write");
     std::fs::write(dir.join("chapitre 1/exercices/vide.txt"), "").expect("write");
     std::fs::write(dir.join("vidéo.bin"), pseudo_random(big, 42)).expect("write");
+}
+
+/// Staging folders an export left in `dir` (there should be none).
+pub fn staging_leftovers(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("classe-partial"))
+        .collect()
 }
 
 pub fn json_line(out: &Output) -> serde_json::Value {

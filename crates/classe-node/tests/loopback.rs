@@ -40,6 +40,16 @@ fn lesson(dir: &Path) -> std::path::PathBuf {
     lesson
 }
 
+/// A teacher node that has imported the sample lesson.
+async fn teacher(dir: &Path, author: &AuthorSecret) -> Result<(Node, classe_store::Imported)> {
+    let teacher = node(dir, "teacher").await?;
+    let imported = teacher
+        .store()
+        .import(&lesson(dir), &ImportOptions::default(), author, |_| {})
+        .await?;
+    Ok((teacher, imported))
+}
+
 async fn trusted(_: SignedManifest) -> TrustDecision {
     TrustDecision::Trusted
 }
@@ -53,16 +63,7 @@ fn events() -> mpsc::Sender<classe_node::FetchEvent> {
 async fn teacher_and_two_pupils_share_on_loopback() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let author = AuthorSecret::generate();
-    let teacher = node(dir.path(), "teacher").await?;
-    let imported = teacher
-        .store()
-        .import(
-            &lesson(dir.path()),
-            &ImportOptions::default(),
-            &author,
-            |_| {},
-        )
-        .await?;
+    let (teacher, imported) = teacher(dir.path(), &author).await?;
     let ticket = teacher.ticket(imported.root, author.public());
     let total = imported.manifest.manifest().total_size();
 
@@ -132,16 +133,7 @@ async fn teacher_and_two_pupils_share_on_loopback() -> Result<()> {
 async fn refused_trust_downloads_no_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let author = AuthorSecret::generate();
-    let teacher = node(dir.path(), "teacher").await?;
-    let imported = teacher
-        .store()
-        .import(
-            &lesson(dir.path()),
-            &ImportOptions::default(),
-            &author,
-            |_| {},
-        )
-        .await?;
+    let (teacher, imported) = teacher(dir.path(), &author).await?;
     let pupil = node(dir.path(), "pupil").await?;
     let request = FetchRequest {
         root: imported.root,
@@ -257,16 +249,7 @@ async fn well_signed_manifest_with_unsafe_path_is_refused() -> Result<()> {
 async fn provider_sending_corrupt_bytes_is_dropped_and_fetch_completes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let author = AuthorSecret::generate();
-    let teacher = node(dir.path(), "teacher").await?;
-    let imported = teacher
-        .store()
-        .import(
-            &lesson(dir.path()),
-            &ImportOptions::default(),
-            &author,
-            |_| {},
-        )
-        .await?;
+    let (teacher, imported) = teacher(dir.path(), &author).await?;
     let honest = node(dir.path(), "honest").await?;
     let request = FetchRequest {
         root: imported.root,
