@@ -129,6 +129,7 @@ fn ask_trust(manifest: &SignedManifest) -> bool {
 
 pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     let started = Instant::now();
+    let mut shutdown = ui::Shutdown::install();
     let ticket: Ticket = args
         .ticket
         .parse()
@@ -212,7 +213,7 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     // Disk space: refuse up front rather than fail halfway.
     let outcome = tokio::select! {
         r = node.fetch(request, trust, tx) => Some(r),
-        _ = ui::shutdown_signal() => None,
+        _ = shutdown.wait() => None,
     };
     ui_task.await.ok();
     bar.finish_and_clear();
@@ -294,7 +295,7 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
 
     if !args.no_seed {
         eprintln!("Now sharing it with your classmates. Press Ctrl-C to stop.");
-        ui::shutdown_signal().await;
+        shutdown.wait().await;
     }
     let stats = ui::stats_json(&node, started);
     node.shutdown().await;

@@ -48,6 +48,7 @@ fn import_error(e: ImportError) -> Exit {
 
 pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     let started = Instant::now();
+    let mut shutdown = ui::Shutdown::install();
     let secret = home.author_secret()?;
     let node = home.spawn_node(&args.net).await?;
 
@@ -106,7 +107,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
         ui::print_qr(&ticket.to_string());
     }
     eprintln!("Serving until Ctrl-C.");
-    ui::shutdown_signal().await;
+    shutdown.wait().await;
     eprintln!("Stopping.");
     let stats = ui::stats_json(&node, started);
     node.shutdown().await;

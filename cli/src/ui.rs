@@ -56,27 +56,47 @@ pub fn print_qr(text: &str) {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Ctrl-C and SIGTERM, listened to from the moment `install` runs: a
+/// signal that arrives before anybody awaits `wait` is kept, not lost to
+/// the default action (a script may stop `share` as soon as it has read the
+/// ticket).
+pub struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                tokio::signal::ctrl_c().await.ok();
-            }
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Shutdown {
+    /// Starts listening. Call it before printing anything a script may react
+    /// to by sending a signal.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signals = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Shutdown { signals }
+        }
+        #[cfg(not(unix))]
+        {
+            Shutdown {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits for Ctrl-C or SIGTERM (returns at once if one already came).
+    pub async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.signals {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         tokio::signal::ctrl_c().await.ok();
     }
 }

@@ -250,8 +250,8 @@ fn store_commands_list_export_and_remove() {
     // Share, stop; the teacher's own store holds the bundle.
     let sharer = teacher.share(&lesson, &["--title", "Géométrie"]);
     let ticket: Ticket = sharer.ticket.parse().unwrap();
-    let (status, _) = sharer.stop();
-    assert!(status.success());
+    let (status, err) = sharer.stop();
+    assert!(status.success(), "share exited with {status}: {err}");
     let root = classe_store::iroh_blobs::Hash::from_bytes(ticket.root).to_hex();
 
     let ls = teacher.run(&["ls", "--json"]);
