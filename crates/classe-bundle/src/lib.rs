@@ -2,6 +2,8 @@
 //!
 //! This crate is pure: no network, no async, no iroh. It knows
 //!
+//! - [`announce`]: signed "version V of lesson L is bundle R" messages
+//!   and the rule that only a newer version replaces an older one;
 //! - [`keys`]: the teacher's *author key* (ed25519) and how it is stored;
 //! - [`manifest`]: the signed description of a bundle (title, lesson id,
 //!   version, files with their sizes and BLAKE3 hashes), its canonical
@@ -17,12 +19,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod announce;
 pub mod keys;
 pub mod manifest;
 pub mod path;
 pub mod ticket;
 pub mod trust;
 
+pub use announce::{Announcement, Book, Offer, SignedAnnouncement};
 pub use keys::{AuthorKey, AuthorSecret, KeyError, ParseKeyError};
 pub use manifest::{FileEntry, LessonId, Manifest, ManifestError, SignedManifest};
 pub use path::{validate_file_list, validate_path, PathError};

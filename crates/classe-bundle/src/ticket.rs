@@ -33,6 +33,17 @@ pub struct ProviderInfo {
     pub addrs: Vec<SocketAddr>,
     /// The relay it is reachable through, if it uses one (a school's own).
     pub relay_url: Option<String>,
+    /// The TCP port its discovery (libp2p) listens on, at the same IP
+    /// addresses; its peer id derives from `node_id`. None: unknown.
+    pub control_port: Option<u16>,
+}
+
+/// A provider as tickets of format 1 carried it (no discovery port).
+#[derive(Clone, Serialize, Deserialize)]
+struct ProviderInfoV1 {
+    node_id: [u8; 32],
+    addrs: Vec<SocketAddr>,
+    relay_url: Option<String>,
 }
 
 /// What a ticket says.
@@ -49,6 +60,12 @@ pub struct Ticket {
 #[derive(Serialize, Deserialize)]
 enum Wire {
     V1 {
+        root: [u8; 32],
+        author: AuthorKey,
+        providers: Vec<ProviderInfoV1>,
+    },
+    /// Adds each provider's discovery port.
+    V2 {
         root: [u8; 32],
         author: AuthorKey,
         providers: Vec<ProviderInfo>,
@@ -96,7 +113,7 @@ impl Ticket {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let wire = Wire::V1 {
+        let wire = Wire::V2 {
             root: self.root,
             author: self.author,
             providers: self.providers.clone(),
@@ -132,11 +149,35 @@ impl FromStr for Ticket {
         if !rest.is_empty() {
             return Err(TicketError::Decode);
         }
-        let Wire::V1 {
-            root,
-            author,
-            providers,
-        } = wire;
+        // Only the canonical encoding of a value is accepted: re-encode it
+        // in the same format and compare.
+        let canonical = postcard::to_stdvec(&wire).unwrap_or_default();
+        if canonical != bytes {
+            return Err(TicketError::Decode);
+        }
+        let (root, author, providers) = match wire {
+            Wire::V1 {
+                root,
+                author,
+                providers,
+            } => {
+                let providers = providers
+                    .into_iter()
+                    .map(|p| ProviderInfo {
+                        node_id: p.node_id,
+                        addrs: p.addrs,
+                        relay_url: p.relay_url,
+                        control_port: None,
+                    })
+                    .collect();
+                (root, author, providers)
+            }
+            Wire::V2 {
+                root,
+                author,
+                providers,
+            } => (root, author, providers),
+        };
         // The author key bytes came from the wire: check they are a key.
         let author = AuthorKey::from_bytes(*author.as_bytes()).map_err(|_| TicketError::Decode)?;
         let ticket = Ticket {
@@ -144,9 +185,6 @@ impl FromStr for Ticket {
             author,
             providers,
         };
-        if ticket.encode() != bytes {
-            return Err(TicketError::Decode);
-        }
         ticket.check_limits()?;
         Ok(ticket)
     }
@@ -168,6 +206,7 @@ mod tests {
                     "[2001:db8::1]:4433".parse().unwrap(),
                 ],
                 relay_url: None,
+                control_port: Some(4100),
             }],
         }
     }
@@ -192,10 +231,18 @@ mod tests {
             format!("{text}!").parse::<Ticket>(),
             Err(TicketError::Encoding)
         );
-        assert_eq!(
-            text[..text.len() - 10].parse::<Ticket>(),
-            Err(TicketError::Decode)
-        );
+        let truncated = {
+            let bytes = data_encoding::BASE32_NOPAD
+                .decode(text[6..].to_ascii_uppercase().as_bytes())
+                .unwrap();
+            format!(
+                "classe{}",
+                data_encoding::BASE32_NOPAD
+                    .encode(&bytes[..bytes.len() - 5])
+                    .to_lowercase()
+            )
+        };
+        assert_eq!(truncated.parse::<Ticket>(), Err(TicketError::Decode));
         assert_eq!(
             format!("{text}aaaaaaaa").parse::<Ticket>(),
             Err(TicketError::Decode)
@@ -209,7 +256,7 @@ mod tests {
         let mut bytes = data_encoding::BASE32_NOPAD
             .decode(text[6..].to_ascii_uppercase().as_bytes())
             .unwrap();
-        bytes[0] = 1;
+        bytes[0] = 7;
         let other = format!(
             "classe{}",
             data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase()
@@ -225,5 +272,30 @@ mod tests {
             ticket.to_string().parse::<Ticket>(),
             Err(TicketError::Invalid("too many providers"))
         );
+    }
+
+    #[test]
+    fn format_1_tickets_still_parse_without_a_discovery_port() {
+        let ticket = sample();
+        let p = &ticket.providers[0];
+        let wire = Wire::V1 {
+            root: ticket.root,
+            author: ticket.author,
+            providers: vec![ProviderInfoV1 {
+                node_id: p.node_id,
+                addrs: p.addrs.clone(),
+                relay_url: None,
+            }],
+        };
+        let text = format!(
+            "{PREFIX}{}",
+            data_encoding::BASE32_NOPAD
+                .encode(&postcard::to_stdvec(&wire).unwrap())
+                .to_ascii_lowercase()
+        );
+        let parsed: Ticket = text.parse().unwrap();
+        assert_eq!(parsed.root, ticket.root);
+        assert_eq!(parsed.providers[0].addrs, p.addrs);
+        assert_eq!(parsed.providers[0].control_port, None);
     }
 }

@@ -1,0 +1,141 @@
+//! The libp2p behaviours and their configuration.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::Duration,
+};
+
+use libp2p::{
+    gossipsub, identify, identity::Keypair, kad, mdns, swarm::behaviour::toggle::Toggle,
+    swarm::NetworkBehaviour, StreamProtocol,
+};
+
+use crate::{ControlConfig, ControlError, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+
+/// Largest Kademlia message: a catch-up record must fit.
+const KAD_MAX_PACKET: usize = 64 * 1024;
+/// Largest gossip message: one announcement and its envelope.
+const GOSSIP_MAX_TRANSMIT: usize = 8 * 1024;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair, config: &ControlConfig) -> Result<Self, ControlError> {
+        let peer_id = key.public().to_peer_id();
+
+        let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_config
+            .set_max_packet_size(KAD_MAX_PACKET)
+            .set_query_timeout(Duration::from_secs(20))
+            // Records and provider records are checked by us before they
+            // are stored (see task.rs).
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_provider_record_ttl(Some(config.provider_ttl))
+            .set_provider_publication_interval(Some(config.provider_refresh))
+            .set_record_ttl(Some(Duration::from_secs(24 * 3600)))
+            .set_publication_interval(Some(Duration::from_secs(3600)))
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 1024,
+                max_value_bytes: classe_bundle::announce::MAX_RECORD_BYTES,
+                max_providers_per_key: 32,
+                max_provided_keys: 4096,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Every classe node answers queries: on a LAN or in a school
+        // nobody confirms an external address, and automatic mode would
+        // leave everyone a client (NOTES-dependencies.md).
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(700))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(GOSSIP_MAX_TRANSMIT)
+            // The same announcement published twice (a restart) is one
+            // message.
+            .message_id_fn(|m: &gossipsub::Message| {
+                let mut h = DefaultHasher::new();
+                m.topic.hash(&mut h);
+                m.data.hash(&mut h);
+                gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+            })
+            .build()
+            .map_err(|e| ControlError::Setup(e.to_string()))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| ControlError::Setup(e.to_string()))?;
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(format!("classe/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        );
+
+        let mdns = if config.mdns {
+            let mdns_config = mdns::Config {
+                query_interval: Duration::from_secs(30),
+                ..Default::default()
+            };
+            Some(
+                mdns::tokio::Behaviour::new(mdns_config, peer_id)
+                    .map_err(|e| ControlError::Setup(format!("mDNS: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            kad,
+            gossipsub,
+            identify,
+            mdns: Toggle::from(mdns),
+        })
+    }
+}
+
+/// The gossip topic of an author's announcements.
+pub(crate) fn topic(author: &classe_bundle::AuthorKey) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("classe/announce/v1/{author}"))
+}
+
+/// DHT key of a bundle's provider records.
+pub(crate) fn provider_key(root: &[u8; 32]) -> kad::RecordKey {
+    let mut k = PROVIDER_PREFIX.to_vec();
+    k.extend_from_slice(root);
+    kad::RecordKey::new(&k)
+}
+
+/// DHT key of an author's catch-up record.
+pub(crate) fn record_key(author: &classe_bundle::AuthorKey) -> kad::RecordKey {
+    let mut k = RECORD_PREFIX.to_vec();
+    k.extend_from_slice(author.as_bytes());
+    kad::RecordKey::new(&k)
+}
+
+pub(crate) const PROVIDER_PREFIX: &[u8] = b"classe/root/v1/";
+pub(crate) const RECORD_PREFIX: &[u8] = b"classe/latest/v1/";
+
+/// The author a catch-up record key names, if it is one.
+pub(crate) fn record_author(key: &kad::RecordKey) -> Option<classe_bundle::AuthorKey> {
+    let rest = key.as_ref().strip_prefix(RECORD_PREFIX)?;
+    let bytes: [u8; 32] = rest.try_into().ok()?;
+    classe_bundle::AuthorKey::from_bytes(bytes).ok()
+}
+
+/// Whether a provider record key is a bundle root of ours.
+pub(crate) fn is_provider_key(key: &kad::RecordKey) -> bool {
+    key.as_ref()
+        .strip_prefix(PROVIDER_PREFIX)
+        .is_some_and(|rest| rest.len() == 32)
+}
