@@ -20,7 +20,11 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// The ticket the teacher shared.
+    /// The ticket the teacher shared, or a bundle's root hash (64 hex
+    /// characters, as `classe ls --json` prints it) to look up through
+    /// the seed node, the DHT and the LAN. With a bare root, the signer
+    /// must be trusted already or given with --trust.
+    #[arg(value_name = "TICKET|ROOT")]
     ticket: String,
     /// Folder to write the lesson to; must not exist or be empty.
     /// Default: ./<title>.
@@ -130,10 +134,7 @@ fn ask_trust(manifest: &SignedManifest) -> bool {
 pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     let started = Instant::now();
     let mut shutdown = ui::Shutdown::install();
-    let ticket: Ticket = args
-        .ticket
-        .parse()
-        .map_err(|e: classe_bundle::TicketError| Exit::new(USAGE, e.to_string()))?;
+    let ticket = parse_target(&args.ticket)?;
     let extra_trust: Vec<AuthorKey> = args
         .trust
         .iter()
@@ -145,12 +146,14 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     }
 
     let node = home.spawn_node(&args.net).await?;
-    let root = Hash::from_bytes(ticket.root);
+    let root = ticket.root;
     let request = FetchRequest {
         root,
-        expected_author: Some(ticket.author),
+        expected_author: ticket.author,
         providers: ticket.providers.clone(),
     };
+    let lookup = std::sync::Arc::new(std::sync::Mutex::new(None::<(usize, f64)>));
+    let ui_lookup = lookup.clone();
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let bar = ui::byte_bar(0, "fetching");
@@ -169,6 +172,12 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
                     ui_bar.reset_eta();
                 }
                 FetchEvent::Progress { done_bytes } => ui_bar.set_position(done_bytes),
+                FetchEvent::Discovered { providers, seconds } => {
+                    tracing::info!(providers, seconds, "DHT lookup done");
+                    if let Ok(mut l) = ui_lookup.lock() {
+                        *l = Some((providers, seconds));
+                    }
+                }
                 FetchEvent::ConnectFailed { peer, reason } => ui_bar.suspend(|| {
                     eprintln!(
                         "warning: cannot reach {}: {reason}",
@@ -274,6 +283,9 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             "per_provider": report.per_provider,
             "seconds": report.elapsed.as_secs_f64(),
             "node_id": data_encoding::HEXLOWER.encode(&node.id()),
+            "dht_lookup": lookup.lock().ok().and_then(|l| *l).map(|(providers, seconds)| {
+                serde_json::json!({ "providers": providers, "seconds": seconds })
+            }),
             "addrs": node.provider_info().addrs,
         });
         let mut stdout = std::io::stdout().lock();
@@ -304,6 +316,39 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
     }
     Ok(())
+}
+
+/// What to fetch: from a ticket, or a bare root hash.
+struct Target {
+    root: Hash,
+    author: Option<AuthorKey>,
+    providers: Vec<classe_bundle::ProviderInfo>,
+}
+
+fn parse_target(text: &str) -> Result<Target, Exit> {
+    let text = text.trim();
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut root = [0u8; 32];
+        data_encoding::HEXLOWER_PERMISSIVE
+            .decode_mut(text.as_bytes(), &mut root)
+            .map_err(|_| Exit::new(USAGE, "the root hash is not valid hexadecimal"))?;
+        return Ok(Target {
+            root: Hash::from_bytes(root),
+            author: None,
+            providers: Vec::new(),
+        });
+    }
+    let ticket: Ticket = text.parse().map_err(|e: classe_bundle::TicketError| {
+        Exit::new(
+            USAGE,
+            format!("{e} (expected a ticket from `classe share`, or a 64-character root hash)"),
+        )
+    })?;
+    Ok(Target {
+        root: Hash::from_bytes(ticket.root),
+        author: Some(ticket.author),
+        providers: ticket.providers,
+    })
 }
 
 /// Refuses a destination that exists and is not an empty folder, before

@@ -77,7 +77,11 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     }
     let manifest = imported.manifest.manifest();
     node.serve_bundle(imported.root, manifest);
+    node.provide(imported.root).await;
     let ticket = node.ticket(imported.root, secret.public());
+    // Tell followers (the school's seed node, pupils' inboxes): signed,
+    // on the author's gossip topic and in their catch-up record.
+    let announced = announce(home, &node, &secret, imported.root, manifest).await;
     if ticket.providers.first().is_none_or(|p| p.addrs.is_empty()) {
         eprintln!("warning: this machine has no network address pupils could use");
     }
@@ -102,6 +106,9 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
         ui::bytes(manifest.total_size()),
     );
     eprintln!("Signed by your author key {}.", secret.public());
+    if let Err(e) = announced {
+        eprintln!("warning: followers were not told about this version: {e}");
+    }
     eprintln!("Pupils run: classe fetch <the ticket above>");
     if args.qr {
         ui::print_qr(&ticket.to_string());
@@ -116,4 +123,33 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
     }
     Ok(())
+}
+
+/// Signs an announcement of this version and hands it to the control
+/// plane; keeps it in the home so a restart re-announces it.
+async fn announce(
+    home: &Home,
+    node: &classe_node::Node,
+    secret: &classe_bundle::AuthorSecret,
+    root: classe_store::iroh_blobs::Hash,
+    manifest: &classe_bundle::Manifest,
+) -> Result<(), String> {
+    let Some(control) = node.control() else {
+        return Ok(());
+    };
+    let announcement = classe_bundle::Announcement {
+        author: secret.public(),
+        lesson_id: manifest.lesson_id,
+        version: manifest.version,
+        root: *root.as_bytes(),
+        title: manifest.title.clone(),
+        unix_secs: manifest.created_unix_secs,
+        providers: vec![node.provider_info()],
+    };
+    let signed =
+        classe_bundle::SignedAnnouncement::sign(announcement, secret).map_err(|e| e.to_string())?;
+    control.announce(signed.clone()).await;
+    let mut all = home.announcements();
+    all.push(signed);
+    home.save_announcements(&all).map_err(|e| e.to_string())
 }

@@ -235,6 +235,7 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
                         node_id,
                         addrs,
                         relay_url: None,
+                        control_port: None,
                     });
                 }
             }

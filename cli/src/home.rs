@@ -5,13 +5,16 @@
 //! <home>/node.key      the machine's network identity (mode 0600)
 //! <home>/trust         authors whose lessons are accepted
 //! <home>/config.toml   optional settings (see docs/cli.md)
+//! <home>/follow        authors whose new lessons `seed` mirrors
+//! <home>/announcements the latest signed announcement of each followed
+//!                      or own lesson (so a replay is known after restart)
 //! <home>/store/        bundles (iroh-blobs) and the lesson record
 //! ```
 
 use std::{path::PathBuf, time::Duration};
 
-use classe_bundle::{AuthorSecret, TrustStore};
-use classe_node::NodeConfig;
+use classe_bundle::{AuthorKey, AuthorSecret, SignedAnnouncement, TrustStore};
+use classe_node::{ControlConfig, NodeConfig};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -30,6 +33,32 @@ pub struct FileConfig {
     pub max_download: Option<String>,
     pub max_peers: Option<usize>,
     pub connect_timeout: Option<u64>,
+    /// Nodes to join through.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// LAN discovery; default on.
+    pub mdns: Option<bool>,
+    /// `seed` only: IP:PORT for both TCP (discovery) and UDP (data).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `seed` only: authors to mirror.
+    #[serde(default)]
+    pub follow: Vec<String>,
+    /// `seed` only: also write each mirrored lesson into this folder.
+    pub out: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads a config file; a missing one is empty.
+    pub fn read(path: &std::path::Path) -> Result<Self, Exit> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Exit::new(USAGE, format!("{} is not valid: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+            Err(e) => Err(crate::exit::io(format!("cannot read {}", path.display()))(
+                e,
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,25 +120,87 @@ impl Home {
     }
 
     pub fn file_config(&self) -> Result<FileConfig, Exit> {
-        let path = self.dir.join("config.toml");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Exit::new(USAGE, format!("{} is not valid: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-            Err(e) => Err(crate::exit::io(format!("cannot read {}", path.display()))(
-                e,
-            )),
+        FileConfig::read(&self.dir.join("config.toml"))
+    }
+
+    /// The authors `classe follow` added.
+    pub fn follow_list(&self) -> Result<Vec<AuthorKey>, Exit> {
+        let path = self.dir.join("follow");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(crate::exit::io(format!("cannot read {}", path.display()))(
+                    e,
+                ))
+            }
+        };
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<AuthorKey>()
+                    .map_err(|e| Exit::new(USAGE, format!("{}: {e}", path.display())))
+            })
+            .collect()
+    }
+
+    pub fn save_follow_list(&self, keys: &[AuthorKey]) -> Result<(), Exit> {
+        let path = self.dir.join("follow");
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        write_atomic(&path, text.as_bytes())
+    }
+
+    /// Signed announcements kept from earlier runs. Lines that no longer
+    /// verify are skipped with a warning.
+    pub fn announcements(&self) -> Vec<SignedAnnouncement> {
+        let path = self.dir.join("announcements");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| match SignedAnnouncement::from_text(l) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!("{}: skipped a line: {e}", path.display());
+                    None
+                }
+            })
+            .collect()
+    }
+
+    pub fn save_announcements(&self, all: &[SignedAnnouncement]) -> Result<(), Exit> {
+        let mut book = classe_bundle::Book::default();
+        for a in all {
+            book.offer(a.clone());
         }
+        let text: String = book.all().map(|a| format!("{}\n", a.to_text())).collect();
+        write_atomic(&self.dir.join("announcements"), text.as_bytes())
     }
 
     /// Flags and environment over config.toml over defaults.
     pub fn node_config(&self, net: &NetArgs) -> Result<NodeConfig, Exit> {
         let file = self.file_config()?;
+        self.node_config_from(net, &file, None)
+    }
+
+    /// As [`Home::node_config`], from a given config file; `listen` puts
+    /// discovery on a fixed TCP port (the seed node's).
+    pub fn node_config_from(
+        &self,
+        net: &NetArgs,
+        file: &FileConfig,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<NodeConfig, Exit> {
         let mut config = NodeConfig::default();
         if let Some(bind) = net.bind.or(file.bind) {
             config.bind_addr = bind;
         }
-        config.relay_url = net.relay.clone().or(file.relay);
+        config.relay_url = net.relay.clone().or(file.relay.clone());
         let file_rate = |r: &Option<String>| -> Result<Option<u64>, Exit> {
             r.as_deref()
                 .map(rate::parse_rate)
@@ -133,6 +224,25 @@ impl Home {
         if let Some(s) = net.connect_timeout.or(file.connect_timeout) {
             config.connect_timeout = Duration::from_secs(s.max(1));
         }
+        if let Some(listen) = listen {
+            config.bind_addr = listen;
+        }
+        let mut bootstrap = Vec::new();
+        for text in net.bootstrap.iter().chain(&file.bootstrap) {
+            bootstrap.push(classe_control::parse_bootstrap(text).map_err(|e| Exit::new(USAGE, e))?);
+        }
+        let bind_ip = config.bind_addr.ip();
+        config.control = Some(ControlConfig {
+            // Discovery listens where data does: on the seed's fixed port,
+            // elsewhere on any free port of the same address.
+            listen: std::net::SocketAddr::new(bind_ip, listen.map_or(0, |l| l.port())),
+            bootstrap,
+            // mDNS finds nothing on loopback and would otherwise multicast
+            // on every other interface of the machine.
+            mdns: file.mdns.unwrap_or(true) && !net.no_mdns && !bind_ip.is_loopback(),
+            known: self.announcements(),
+            ..ControlConfig::default()
+        });
         Ok(config)
     }
 
@@ -144,13 +254,27 @@ impl Home {
 
     pub async fn spawn_node(&self, net: &NetArgs) -> Result<classe_node::Node, Exit> {
         let config = self.node_config(net)?;
+        self.spawn_node_with(config).await
+    }
+
+    pub async fn spawn_node_with(&self, config: NodeConfig) -> Result<classe_node::Node, Exit> {
         let store = self.open_store().await?;
         let key = self.node_key()?;
         classe_node::Node::spawn(store, &key, config)
             .await
             .map_err(|e| match e {
                 classe_node::SpawnError::RelayUrl(_) => Exit::new(USAGE, e.to_string()),
-                classe_node::SpawnError::Bind { .. } => Exit::new(IO, e.to_string()),
+                classe_node::SpawnError::Bind { .. } | classe_node::SpawnError::Control(_) => {
+                    Exit::new(IO, e.to_string())
+                }
             })
     }
+}
+
+/// Writes a small file by rename, so a crash leaves the old or the new.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Exit> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(crate::exit::io(format!("cannot write {}", path.display())))
 }

@@ -9,7 +9,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod cmd_fetch;
+mod cmd_follow;
 mod cmd_id;
+mod cmd_seed;
 mod cmd_share;
 mod cmd_store;
 mod demo;
@@ -54,6 +56,13 @@ enum Command {
     Share(cmd_share::ShareArgs),
     /// Fetch a lesson from a ticket, write it to a folder, then re-share it.
     Fetch(cmd_fetch::FetchArgs),
+    /// Run an always-on node: mirror and re-share every lesson of the
+    /// teachers it follows (a school's seed node, or a pupil's inbox).
+    Seed(cmd_seed::SeedArgs),
+    /// Receive new lessons of a teacher automatically (with `classe seed`).
+    Follow(cmd_follow::FollowArgs),
+    /// Stop following a teacher.
+    Unfollow(cmd_follow::UnfollowArgs),
     /// List the bundles in your store.
     Ls(cmd_store::LsArgs),
     /// Write a bundle from your store to a folder.
@@ -88,6 +97,14 @@ pub struct NetArgs {
     /// Seconds to wait for a provider to answer.
     #[arg(long, value_name = "SECS")]
     connect_timeout: Option<u64>,
+    /// A node to join the class network through, usually the school's
+    /// seed node (the address `classe seed` prints). Repeatable; added to
+    /// `bootstrap` in config.toml.
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<String>,
+    /// Do not look for classmates on the local network (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 fn main() {
@@ -130,6 +147,9 @@ async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Trust(cmd) => cmd_id::trust(&home, cmd),
         Command::Share(args) => cmd_share::run(&home, args).await,
         Command::Fetch(args) => cmd_fetch::run(&home, args).await,
+        Command::Seed(args) => cmd_seed::run(&home, args).await,
+        Command::Follow(args) => cmd_follow::follow(&home, args),
+        Command::Unfollow(args) => cmd_follow::unfollow(&home, args),
         Command::Ls(args) => cmd_store::ls(&home, args).await,
         Command::Export(args) => cmd_store::export(&home, args).await,
         Command::Rm(args) => cmd_store::rm(&home, args).await,
@@ -140,7 +160,9 @@ async fn run(cli: Cli) -> Result<(), Exit> {
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        // libp2p reports unreachable peers and lost multicast at warn:
+        // routine on a LAN, noise on a pupil's terminal.
+        0 => "warn,libp2p_mdns=error,libp2p_swarm=error,libp2p_kad=error,libp2p_gossipsub=error",
         1 => "info,classe=info",
         2 => "info,classe=debug,classe_node=debug,classe_store=debug",
         _ => "trace",

@@ -203,6 +203,7 @@ fn unreachable_provider_fails_within_the_timeout() {
             node_id: *node.as_bytes(),
             addrs: vec![addr],
             relay_url: None,
+            control_port: None,
         }],
     };
     let start = std::time::Instant::now();

@@ -448,6 +448,7 @@ fn provider_from_summary(v: &serde_json::Value) -> Option<ProviderInfo> {
         node_id,
         addrs,
         relay_url: None,
+        control_port: None,
     })
 }
 
@@ -1175,6 +1176,7 @@ mod tests {
             node_id: [b; 32],
             addrs: vec![SocketAddr::from(([10, 77, 1, b], port))],
             relay_url: None,
+            control_port: None,
         }
     }
 

@@ -74,7 +74,19 @@ enum DriverEvent {
     SessionEnded(NodeKey),
     Progress(NodeKey, u64),
     PieceDone(NodeKey, PieceId, Result<(), Outcome>),
+    /// Providers the DHT knows of now.
+    Discovered(Vec<ProviderInfo>),
 }
+
+/// First pause between DHT lookups during a download; it doubles up to
+/// [`LOOKUP_MAX_EVERY`].
+const LOOKUP_FIRST_EVERY: Duration = Duration::from_secs(2);
+const LOOKUP_MAX_EVERY: Duration = Duration::from_secs(30);
+/// How long one lookup may take.
+const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+/// With discovery running, how long a download with no peer at all waits
+/// for one to turn up before giving up.
+const ALONE_PATIENCE: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 enum Outcome {
@@ -177,6 +189,24 @@ impl Node {
         for info in self.swarm_registry().peers(root) {
             backlog.push(info);
         }
+        // Keep asking the DHT for providers: pupils who start later, or
+        // the seed node once it has mirrored the bundle.
+        let lookups = self.control().cloned().map(|control| {
+            let tx = tx.clone();
+            let root = *root.as_bytes();
+            tokio::spawn(async move {
+                let mut every = LOOKUP_FIRST_EVERY;
+                loop {
+                    tokio::time::sleep(every).await;
+                    let found = control.find_providers(root, LOOKUP_WITHIN).await;
+                    if tx.send(DriverEvent::Discovered(found)).await.is_err() {
+                        break;
+                    }
+                    every = (every * 2).min(LOOKUP_MAX_EVERY);
+                }
+            })
+        });
+        let mut alone_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -261,7 +291,18 @@ impl Node {
             if sched.is_complete() {
                 break Ok(());
             }
-            if peers.is_empty() && connecting.is_empty() && backlog.is_empty() {
+            let alone = peers.is_empty() && connecting.is_empty() && backlog.is_empty();
+            let waited = match (alone, lookups.is_some()) {
+                (false, _) => {
+                    alone_since = None;
+                    false
+                }
+                (true, false) => true,
+                (true, true) => {
+                    alone_since.get_or_insert_with(Instant::now).elapsed() >= ALONE_PATIENCE
+                }
+            };
+            if waited {
                 break Err(FetchError::NoProvider(format!(
                     "every peer failed or left with {} of {} pieces still missing",
                     layout.layout.piece_count() - sched.have().count(),
@@ -310,6 +351,16 @@ impl Node {
                     self.learn(root, learned, &mut backlog);
                 }
                 DriverEvent::NoSession(peer) => sched.handle(now, Event::HaveAll(peer)),
+                DriverEvent::Discovered(found) => {
+                    let fresh: Vec<ProviderInfo> = found
+                        .into_iter()
+                        .filter(|f| !tried.contains(&f.node_id))
+                        .collect();
+                    if !fresh.is_empty() {
+                        tracing::debug!(count = fresh.len(), "providers found in the DHT");
+                    }
+                    self.learn(root, fresh, &mut backlog);
+                }
                 DriverEvent::SessionEnded(peer) => {
                     // It left the swarm; its requests fail on their own.
                     if let Some(p) = peers.remove(&peer) {
@@ -346,6 +397,9 @@ impl Node {
                 }
             }
         };
+        if let Some(task) = lookups {
+            task.abort();
+        }
         for (_, h) in requests.drain() {
             h.abort();
         }

@@ -31,6 +31,15 @@ use tokio::sync::mpsc;
 
 use crate::Node;
 
+/// How long the first DHT lookup may take before the fetch goes on with
+/// whatever it found.
+const FIRST_LOOKUP: Duration = Duration::from_secs(10);
+/// Once the ticket or the DHT gave a connection, how long the other may
+/// still add some.
+const OTHER_SIDE_GRACE: Duration = Duration::from_millis(500);
+
+const NOBODY: &str = "no node holding this bundle answered: neither the ticket's providers nor any found through the seed node, the DHT or the LAN; is the teacher's classe (or a classmate's) still running and reachable?";
+
 /// What to fetch and from whom.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
@@ -61,6 +70,13 @@ pub enum FetchEvent {
         peer: String,
         /// Why.
         reason: String,
+    },
+    /// The DHT lookup for providers finished.
+    Discovered {
+        /// Providers found (with addresses).
+        providers: usize,
+        /// How long the lookup took.
+        seconds: f64,
     },
     /// The manifest is verified and trusted; files are next.
     Started {
@@ -184,16 +200,23 @@ impl Node {
         let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
         let mut received = 0u64;
 
-        let mut providers = self.connect_all(&request.providers, &events).await;
+        // Ticket providers and the DHT at once; the ticket's nodes also seed
+        // the routing table.
+        let mut providers = match self.control() {
+            None => self.connect_all(&request.providers, &events).await,
+            Some(control) => {
+                control.add_peers(request.providers.clone()).await;
+                self.connect_ticket_and_dht(control, &request, &events)
+                    .await
+            }
+        };
 
         // 1. The manifest: from the store if an earlier run got it.
         let manifest = match store.manifest(root).await {
             Ok(m) => m,
             Err(_) => {
                 if providers.is_empty() {
-                    return Err(FetchError::NoProvider(
-                        "none of the ticket's providers answered; is the teacher's classe still running and reachable?".into(),
-                    ));
+                    return Err(FetchError::NoProvider(NOBODY.into()));
                 }
                 let (peer, bytes) = self.fetch_manifest(root, &mut providers).await?;
                 *per_provider.entry(peer.clone()).or_default() += bytes;
@@ -218,8 +241,10 @@ impl Node {
             TrustDecision::Refused => return Err(FetchError::Untrusted(author)),
         }
 
-        // 3. Pin, then the files that are not complete yet.
+        // 3. Pin, then the files that are not complete yet. From here on we
+        // hold part of it: say so in the DHT.
         store.pin(root).await?;
+        self.provide(root).await;
         let files = &manifest.manifest().files;
         self.account_bundle(root, files.iter().map(|f| Hash::from_bytes(f.hash)));
         let total_bytes = manifest.manifest().total_size();
@@ -267,10 +292,11 @@ impl Node {
             .ok();
 
         if needed > 0 {
-            if providers.is_empty() && self.swarm_registry().peers(root).is_empty() {
-                return Err(FetchError::NoProvider(
-                    "none of the ticket's providers answered; is the teacher's classe still running and reachable?".into(),
-                ));
+            if providers.is_empty()
+                && self.swarm_registry().peers(root).is_empty()
+                && self.control().is_none()
+            {
+                return Err(FetchError::NoProvider(NOBODY.into()));
             }
             let layout = Arc::new(crate::swarm::BundleLayout::from_manifest(
                 manifest.manifest(),
@@ -317,6 +343,62 @@ impl Node {
             per_provider,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Dials the ticket's providers and, at once, those the DHT names.
+    /// Once either side has a connection, the other gets a moment more
+    /// and is then left behind (a dead teacher in the ticket must not hold
+    /// up a fetch the seed node can serve; the download keeps asking the
+    /// DHT anyway).
+    async fn connect_ticket_and_dht(
+        &self,
+        control: &classe_control::Control,
+        request: &FetchRequest,
+        events: &mpsc::Sender<FetchEvent>,
+    ) -> Vec<Provider> {
+        let root = *request.root.as_bytes();
+        let ticket = self.connect_all(&request.providers, events);
+        let dht = async {
+            let started = Instant::now();
+            let found = control.find_providers(root, FIRST_LOOKUP).await;
+            events
+                .try_send(FetchEvent::Discovered {
+                    providers: found.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+                .ok();
+            let fresh: Vec<ProviderInfo> = found
+                .into_iter()
+                .filter(|f| !request.providers.iter().any(|p| p.node_id == f.node_id))
+                .collect();
+            self.connect_all(&fresh, events).await
+        };
+        tokio::pin!(ticket, dht);
+        let mut from_ticket: Option<Vec<Provider>> = None;
+        let mut from_dht: Option<Vec<Provider>> = None;
+        while from_ticket.is_none() || from_dht.is_none() {
+            tokio::select! {
+                r = &mut ticket, if from_ticket.is_none() => from_ticket = Some(r),
+                r = &mut dht, if from_dht.is_none() => from_dht = Some(r),
+            }
+            let have_one = from_ticket.as_ref().is_some_and(|v| !v.is_empty())
+                || from_dht.as_ref().is_some_and(|v| !v.is_empty());
+            if have_one {
+                let grace = tokio::time::sleep(OTHER_SIDE_GRACE);
+                tokio::pin!(grace);
+                while from_ticket.is_none() || from_dht.is_none() {
+                    tokio::select! {
+                        r = &mut ticket, if from_ticket.is_none() => from_ticket = Some(r),
+                        r = &mut dht, if from_dht.is_none() => from_dht = Some(r),
+                        _ = &mut grace => break,
+                    }
+                }
+                break;
+            }
+        }
+        let mut all = from_ticket.unwrap_or_default();
+        all.extend(from_dht.unwrap_or_default());
+        all
     }
 
     /// Dials every provider at once, each with the connect timeout.

@@ -14,7 +14,9 @@
 //!
 //! Nothing here reaches the internet: the endpoint has no relays unless a
 //! school relay URL is configured, and no address lookup service. Peers are
-//! dialled at the direct addresses carried in tickets.
+//! dialled at the direct addresses carried in tickets and announcements, or
+//! found through the control plane (`classe-control`: a private DHT, mDNS,
+//! gossip), which shares the node key: one identity for both stacks.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -25,9 +27,14 @@ mod provider;
 mod swarm;
 mod traffic;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use classe_bundle::{AuthorKey, ProviderInfo, Ticket};
+pub use classe_control::{Control, ControlConfig, ControlEvent};
 use classe_store::Store;
 use iroh::{endpoint::presets, protocol::Router, Endpoint, RelayMode, SecretKey};
 use iroh_blobs::{BlobsProtocol, Hash};
@@ -58,6 +65,9 @@ pub struct NodeConfig {
     /// How long a transfer may go without receiving a byte before the
     /// provider is given up.
     pub idle_timeout: Duration,
+    /// The control plane (DHT, gossip, mDNS). None: tickets only. Its
+    /// `data_addrs` are filled in from the endpoint.
+    pub control: Option<ControlConfig>,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +80,7 @@ impl Default for NodeConfig {
             max_connections: 64,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            control: None,
         }
     }
 }
@@ -80,6 +91,9 @@ pub enum SpawnError {
     /// The relay URL does not parse.
     #[error("invalid relay URL {0:?}")]
     RelayUrl(String),
+    /// The control plane could not start.
+    #[error(transparent)]
+    Control(#[from] classe_control::ControlError),
     /// Binding the UDP socket failed (address in use, not local, ...).
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -101,6 +115,8 @@ pub struct Node {
     config: NodeConfig,
     cancel: CancellationToken,
     events_task: tokio::task::JoinHandle<()>,
+    control: Option<Control>,
+    control_events: Mutex<Option<tokio::sync::mpsc::Receiver<ControlEvent>>>,
 }
 
 impl Node {
@@ -152,7 +168,7 @@ impl Node {
             .accept(swarm::ALPN, swarm_handler)
             .spawn();
         tracing::info!(node = %endpoint.id().fmt_short(), addrs = ?endpoint.bound_sockets(), "node started");
-        Ok(Self {
+        let mut node = Self {
             endpoint,
             router,
             store,
@@ -161,7 +177,41 @@ impl Node {
             config,
             cancel,
             events_task,
-        })
+            control: None,
+            control_events: Mutex::new(None),
+        };
+        if let Some(mut control_config) = node.config.control.clone() {
+            control_config.data_addrs = node.provider_info().addrs;
+            let (tx, rx) = tokio::sync::mpsc::channel(classe_control::EVENT_QUEUE);
+            match Control::spawn(node_key, control_config, tx).await {
+                Ok(control) => {
+                    node.control = Some(control);
+                    node.control_events = Mutex::new(Some(rx));
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// The control plane, if this node runs one.
+    pub fn control(&self) -> Option<&Control> {
+        self.control.as_ref()
+    }
+
+    /// The control plane's events (announcements, refusals). Taken once.
+    pub fn take_control_events(&self) -> Option<tokio::sync::mpsc::Receiver<ControlEvent>> {
+        self.control_events.lock().ok()?.take()
+    }
+
+    /// Records in the DHT that this node holds (part of) `root`.
+    pub async fn provide(&self, root: Hash) {
+        if let Some(c) = &self.control {
+            c.provide(*root.as_bytes()).await;
+        }
     }
 
     /// This node's id (its public node key).
@@ -192,6 +242,7 @@ impl Node {
             node_id: self.id(),
             addrs,
             relay_url: self.config.relay_url.clone(),
+            control_port: self.control.as_ref().map(Control::tcp_port),
         }
     }
 
@@ -238,6 +289,9 @@ impl Node {
     /// lab saw pupils under load take more than 10 s without a bound).
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        if let Some(c) = &self.control {
+            c.shutdown(SHUTDOWN_STEP).await;
+        }
         match tokio::time::timeout(SHUTDOWN_STEP, self.router.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("router shutdown: {e}"),
