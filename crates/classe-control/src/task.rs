@@ -114,6 +114,7 @@ pub(crate) async fn spawn(
         match tokio::time::timeout(remaining, swarm.select_next_some()).await {
             Ok(SwarmEvent::NewListenAddr { address, .. }) => {
                 if let ids::Parsed::Tcp(a) = ids::parse(&address) {
+                    swarm.add_external_address(address);
                     break a.port();
                 }
             }
@@ -545,6 +546,17 @@ impl State {
             }
             SwarmEvent::ConnectionClosed { .. } => {
                 self.connections = self.connections.saturating_sub(1);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                // Provider records carry the provider's external
+                // addresses: ours must include where we listen, or a
+                // node that finds us in the DHT cannot dial us.
+                if matches!(ids::parse(&address), ids::Parsed::Tcp(_)) {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),

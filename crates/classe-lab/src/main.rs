@@ -46,6 +46,82 @@ enum Cmd {
     Probe,
     /// Remove namespaces left behind by a lab that was killed (SIGKILL).
     Clean,
+    /// Adversary for the discovery tests: join the class network and
+    /// publish a replayed or forged announcement, then leave.
+    Adversary(Box<AdversaryArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdversaryArgs {
+    /// TCP address to listen on (IP:0).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Node to join through (as `classe seed` prints it).
+    #[arg(long)]
+    bootstrap: String,
+    /// Re-announce this validly signed announcement (a line of a home's
+    /// `announcements` file): gossip and catch-up record.
+    #[arg(long)]
+    replay: Option<String>,
+    /// Forge announcements for this author key: one signed by another key
+    /// but naming this one (bad signature), one validly signed by another
+    /// key, both on this author's topic.
+    #[arg(long)]
+    forge_as: Option<String>,
+    /// Seconds to stay online so gossip and records spread.
+    #[arg(long, default_value_t = 8)]
+    stay_secs: u64,
+}
+
+async fn adversary(args: AdversaryArgs) -> Result<bool> {
+    use classe_bundle::{Announcement, AuthorKey, AuthorSecret, LessonId, SignedAnnouncement};
+    let node_key = AuthorSecret::generate().to_bytes();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let config = classe_control::ControlConfig {
+        listen: args.listen,
+        bootstrap: vec![
+            classe_control::parse_bootstrap(&args.bootstrap).map_err(anyhow::Error::msg)?
+        ],
+        mdns: false,
+        ..Default::default()
+    };
+    let control = classe_control::Control::spawn(&node_key, config, tx).await?;
+    if let Some(text) = &args.replay {
+        let signed = SignedAnnouncement::from_text(text)?;
+        eprintln!(
+            "replaying version {} of lesson {}",
+            signed.announcement().version,
+            signed.announcement().lesson_id
+        );
+        control.announce(signed).await;
+    }
+    if let Some(key) = &args.forge_as {
+        let victim: AuthorKey = key.parse()?;
+        let forger = AuthorSecret::generate();
+        let forged = SignedAnnouncement::sign(
+            Announcement {
+                author: forger.public(),
+                lesson_id: LessonId::random(),
+                version: 99,
+                root: [0xab; 32],
+                title: "forged".into(),
+                unix_secs: 0,
+                providers: Vec::new(),
+            },
+            &forger,
+        )?;
+        // Wrong key: validly signed by the forger, on the victim's topic.
+        control.publish_raw(victim, forged.to_bytes()).await;
+        // Bad signature: the victim's key over the forger's signature.
+        let mut bytes = forged.to_bytes();
+        bytes[1..33].copy_from_slice(victim.as_bytes());
+        control.publish_raw(victim, bytes).await;
+        eprintln!("published two forged announcements for {victim}");
+    }
+    tokio::time::sleep(Duration::from_secs(args.stay_secs.min(120))).await;
+    control.shutdown(Duration::from_secs(2)).await;
+    Ok(true)
 }
 
 #[derive(Debug, clap::Args)]
@@ -317,6 +393,7 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
                 Some(Ok(p.usable()))
             }
+            Cmd::Adversary(args) => Some(adversary(*args).await),
             Cmd::Clean => {
                 let removed = net::remove_stale(None);
                 for ns in &removed {

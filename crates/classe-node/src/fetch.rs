@@ -34,6 +34,8 @@ use crate::Node;
 /// How long the first DHT lookup may take before the fetch goes on with
 /// whatever it found.
 const FIRST_LOOKUP: Duration = Duration::from_secs(10);
+/// Pause before asking the DHT again after an empty answer.
+const LOOKUP_RETRY: Duration = Duration::from_millis(500);
 /// Once the ticket or the DHT gave a connection, how long the other may
 /// still add some.
 const OTHER_SIDE_GRACE: Duration = Duration::from_millis(500);
@@ -360,7 +362,18 @@ impl Node {
         let ticket = self.connect_all(&request.providers, events);
         let dht = async {
             let started = Instant::now();
-            let found = control.find_providers(root, FIRST_LOOKUP).await;
+            // An empty answer may only mean the routing table is still
+            // filling (mDNS, bootstrap dials): ask again until the time
+            // is up.
+            let mut found = Vec::new();
+            while started.elapsed() < FIRST_LOOKUP {
+                let left = FIRST_LOOKUP.saturating_sub(started.elapsed());
+                found = control.find_providers(root, left).await;
+                if !found.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(LOOKUP_RETRY.min(left)).await;
+            }
             events
                 .try_send(FetchEvent::Discovered {
                     providers: found.len(),

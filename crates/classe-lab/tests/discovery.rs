@@ -1,0 +1,768 @@
+//! Finding peers without the teacher, across hosts in network namespaces:
+//! the seed node mirrors what a followed teacher shares, pupils find
+//! bundles through the DHT and by mDNS, followers catch up, replays and
+//! forgeries change nothing. Every host is a real `classe` process in its
+//! own namespace, with its own home and address.
+//!
+//! Needs root and `ip netns` (`.ci/run` installs iproute2). Without them
+//! the DHT tests run on loopback instead, and say so; the mDNS test needs
+//! a LAN and is skipped. The classe binary is `target/debug/classe`, or
+//! `$CLASSE_BIN`.
+//!
+//! `DISCOVERY_LESSON_MB` (default 2) sets the lesson size and
+//! `DISCOVERY_SHAPED=1` shapes links as the lab does (seed node and
+//! teacher 20 Mbit/s up, pupils 10 Mbit/s up); the timings printed by
+//! `seed_mirrors_and_pupils_fetch_by_ticket_and_by_root` are the
+//! measurements docs/benchmarks.md reports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use classe_lab::net::{self, Shape, Topology};
+
+const STEP: Duration = Duration::from_secs(90);
+
+fn classe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLASSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("classe");
+    assert!(
+        p.is_file(),
+        "no classe binary at {}: run `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// The hosts of one test: namespaces when possible, else loopback.
+struct Lab {
+    topo: Option<Topology>,
+    dir: tempfile::TempDir,
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+impl Lab {
+    /// `hosts` hosts on one bridge (one LAN). None: not possible here.
+    fn new(hosts: usize, need_lan: bool) -> Option<Self> {
+        // One probe for all tests: probes running at once would collide
+        // on the probe namespace's name.
+        static PROBE: std::sync::OnceLock<net::Probe> = std::sync::OnceLock::new();
+        let probe = PROBE.get_or_init(net::probe);
+        let dir = tempfile::tempdir().unwrap();
+        if probe.usable() {
+            let k = LABS.fetch_add(1, Ordering::Relaxed);
+            let tag = format!("{}{}d{k}", net::NS_PREFIX, std::process::id());
+            let shaped = std::env::var("DISCOVERY_SHAPED").is_ok_and(|v| v == "1");
+            let shapes: Vec<Shape> = (0..hosts)
+                .map(|i| Shape {
+                    up_bps: shaped.then_some(if i <= 1 { 20_000_000 } else { 10_000_000 }),
+                    down_bps: None,
+                })
+                .collect();
+            let topo = Topology::build(&tag, &shapes, None).unwrap();
+            return Some(Lab {
+                topo: Some(topo),
+                dir,
+            });
+        }
+        if need_lan {
+            println!(
+                "SKIPPED: needs root and ip netns for a LAN ({})",
+                probe.notes.join("; ")
+            );
+            return None;
+        }
+        println!(
+            "NOTE: ip netns unavailable ({}); running on loopback instead",
+            probe.notes.join("; ")
+        );
+        Some(Lab { topo: None, dir })
+    }
+
+    fn ip(&self, host: usize) -> Ipv4Addr {
+        match &self.topo {
+            Some(t) => t.hosts()[host].ip,
+            None => Ipv4Addr::LOCALHOST,
+        }
+    }
+
+    fn command(&self, host: usize, home: &str) -> Command {
+        let mut cmd = match &self.topo {
+            Some(t) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &t.hosts()[host].ns])
+                    .arg(classe_bin());
+                c
+            }
+            None => Command::new(classe_bin()),
+        };
+        cmd.arg("--home").arg(self.dir.path().join(home));
+        if let Ok(filter) = std::env::var("DISCOVERY_LOG") {
+            cmd.env("CLASSE_LOG", filter);
+        }
+        cmd
+    }
+
+    /// `--bind IP:0` for share and fetch on `host`.
+    fn bind(&self, host: usize) -> String {
+        format!("{}:0", self.ip(host))
+    }
+
+    /// `--listen IP:PORT` for a seed on `host` (distinct ports on
+    /// loopback).
+    fn listen(&self, host: usize) -> String {
+        format!(
+            "{}:{}",
+            self.ip(host),
+            41000 + host + 100 * (std::process::id() as usize % 200)
+        )
+    }
+
+    fn run(&self, host: usize, home: &str, args: &[&str]) -> std::process::Output {
+        let child = self
+            .command(host, home)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(child.wait_with_output()).ok();
+        });
+        match rx.recv_timeout(STEP) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("classe {args:?} did not finish within {STEP:?}");
+            }
+        }
+    }
+
+    fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Running {
+        let mut child = self
+            .command(host, home)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            name: format!("{home} {}", args.first().copied().unwrap_or("")),
+        }
+    }
+
+    fn home(&self, home: &str) -> PathBuf {
+        self.dir.path().join(home)
+    }
+}
+
+/// A long-running classe process; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Running {
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("{}: no line on stdout within {STEP:?}", self.name))
+    }
+
+    /// The next JSON event of `kind`, skipping others (returned too).
+    fn event(&self, kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let deadline = Instant::now() + STEP;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "{}: no {kind} event within {STEP:?}; saw {skipped:?}",
+                    self.name
+                )
+            });
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["event"] == kind {
+                return (v, skipped);
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Every line that arrives within `limit`.
+    fn lines_for(&self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push(l);
+        }
+        out
+    }
+
+    /// SIGTERM, then wait (bounded); returns stderr.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                assert!(
+                    status.success(),
+                    "{} exited with {status}: {err}",
+                    self.name
+                );
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not stop within 20 s", self.name);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn make_lesson(dir: &Path, mb: usize, tag: &str) {
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("docs/lisez-moi.txt"), format!("Leçon {tag}\n")).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ tag.len() as u64;
+    let data: Vec<u8> = (0..mb * 1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.join("video.bin"), data).unwrap();
+}
+
+fn lesson_mb() -> usize {
+    std::env::var("DISCOVERY_LESSON_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    for rel in ["docs/lisez-moi.txt", "video.bin"] {
+        assert!(
+            std::fs::read(a.join(rel)).unwrap() == std::fs::read(b.join(rel)).unwrap(),
+            "{rel} differs"
+        );
+    }
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+/// Test 1: the seed mirrors by itself; with the teacher gone, pupils
+/// whose only bootstrap is the seed fetch by ticket and by bare root.
+#[test]
+fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
+    let Some(lab) = Lab::new(4, false) else {
+        return;
+    };
+    let lesson = lab.dir.path().join("lesson");
+    make_lesson(&lesson, lesson_mb(), "1");
+    let teacher_key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
+    let teacher_key = teacher_key.trim();
+
+    let seed = lab.spawn(
+        0,
+        "seed",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(0),
+            "--follow",
+            teacher_key,
+            "--no-mdns",
+        ],
+    );
+    let bootstrap = seed.line();
+    assert!(
+        bootstrap.starts_with('/') && bootstrap.contains("/p2p/"),
+        "{bootstrap}"
+    );
+
+    let shared_at = Instant::now();
+    let teacher = lab.spawn(
+        1,
+        "teacher",
+        &[
+            "share",
+            lesson.to_str().unwrap(),
+            "--bind",
+            &lab.bind(1),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+        ],
+    );
+    let ticket = teacher.line();
+    let (mirrored, _) = seed.event("mirrored");
+    let mirror_secs = shared_at.elapsed().as_secs_f64();
+    println!(
+        "MEASURE share -> seed holds the bundle: {mirror_secs:.2} s ({} MB; seed's own fetch {:.2} s)",
+        lesson_mb(),
+        mirrored["seconds"].as_f64().unwrap()
+    );
+    let root = mirrored["root"].as_str().unwrap().to_string();
+    assert_eq!(mirrored["version"], 1);
+    teacher.stop();
+
+    // By ticket: the ticket's only provider is gone; the seed has it.
+    let out = lab.run(
+        2,
+        "pupil-a",
+        &[
+            "fetch",
+            &ticket,
+            "--trust",
+            teacher_key,
+            "--bind",
+            &lab.bind(2),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+            "--no-seed",
+            "--json",
+            "--out",
+            lab.home("out-a").to_str().unwrap(),
+        ],
+    );
+    let a = json(&out);
+    same_tree(&lesson, &lab.home("out-a"));
+    assert_eq!(a["root"], root.as_str());
+
+    // By bare root hash, trusting the key on the command line.
+    let started = Instant::now();
+    let out = lab.run(
+        3,
+        "pupil-b",
+        &[
+            "fetch",
+            &root,
+            "--trust",
+            teacher_key,
+            "--bind",
+            &lab.bind(3),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+            "--no-seed",
+            "--json",
+            "--out",
+            lab.home("out-b").to_str().unwrap(),
+        ],
+    );
+    let b = json(&out);
+    same_tree(&lesson, &lab.home("out-b"));
+    let lookup = b["dht_lookup"]["seconds"].as_f64().unwrap();
+    assert!(b["dht_lookup"]["providers"].as_u64().unwrap() >= 1);
+    println!(
+        "MEASURE fetch ROOT -> providers found through the DHT: {lookup:.3} s (whole fetch {:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    // Both came from the seed: one provider each, the same one.
+    let from_a: Vec<&String> = a["per_provider"].as_object().unwrap().keys().collect();
+    let from_b: Vec<&String> = b["per_provider"].as_object().unwrap().keys().collect();
+    assert_eq!(from_a, from_b, "both pupils fetched from the seed node");
+    seed.stop();
+}
+
+/// Test 2: with the teacher and the seed gone, a pupil finds a classmate
+/// through the DHT (a record another node holds) and fetches from them.
+#[test]
+fn pupil_finds_a_classmate_through_the_dht() {
+    let Some(lab) = Lab::new(5, false) else {
+        return;
+    };
+    let lesson = lab.dir.path().join("lesson");
+    make_lesson(&lesson, lesson_mb(), "2");
+    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
+    let key = key.trim();
+    // The seed follows nobody: it is only the bootstrap here.
+    let seed = lab.spawn(
+        0,
+        "seed",
+        &["seed", "--listen", &lab.listen(0), "--no-mdns"],
+    );
+    let bootstrap = seed.line();
+    // Another pupil's always-on node (an inbox following nobody yet): a
+    // DHT node that stays.
+    let other = lab.spawn(
+        3,
+        "pupil-c",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(3),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+        ],
+    );
+    let other_addr = other.line();
+
+    let teacher = lab.spawn(
+        1,
+        "teacher",
+        &[
+            "share",
+            lesson.to_str().unwrap(),
+            "--bind",
+            &lab.bind(1),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+        ],
+    );
+    let ticket = teacher.line();
+    // Pupil A fetches and keeps seeding.
+    let a = lab.spawn(
+        2,
+        "pupil-a",
+        &[
+            "fetch",
+            &ticket,
+            "--trust",
+            key,
+            "--bind",
+            &lab.bind(2),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+            "--json",
+            "--out",
+            lab.home("out-a").to_str().unwrap(),
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let a_node = summary["node_id"].as_str().unwrap().to_string();
+    let root = summary["root"].as_str().unwrap().to_string();
+    // Let A's provider record reach the DHT nodes, then both the teacher
+    // and the seed leave.
+    std::thread::sleep(Duration::from_secs(2));
+    teacher.stop();
+    seed.stop();
+
+    // B knows neither A nor the bundle's holders: only the other pupil's
+    // node, as a DHT entry point.
+    let out = lab.run(
+        4,
+        "pupil-b",
+        &[
+            "fetch",
+            &root,
+            "--trust",
+            key,
+            "--bind",
+            &lab.bind(4),
+            "--bootstrap",
+            &other_addr,
+            "--no-mdns",
+            "--no-seed",
+            "--json",
+            "--out",
+            lab.home("out-b").to_str().unwrap(),
+        ],
+    );
+    let b = json(&out);
+    same_tree(&lesson, &lab.home("out-b"));
+    let providers: Vec<&String> = b["per_provider"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        providers,
+        vec![&a_node],
+        "B fetched from A, found through the DHT"
+    );
+    a.stop();
+    other.stop();
+}
+
+/// Test 3: on one LAN, no seed node, no bootstrap: a pupil finds a
+/// classmate by mDNS.
+#[test]
+fn pupil_finds_a_classmate_by_mdns() {
+    let Some(lab) = Lab::new(3, true) else { return };
+    let lesson = lab.dir.path().join("lesson");
+    make_lesson(&lesson, lesson_mb(), "3");
+    let key = String::from_utf8(lab.run(0, "teacher", &["id"]).stdout).unwrap();
+    let key = key.trim();
+    let teacher = lab.spawn(
+        0,
+        "teacher",
+        &["share", lesson.to_str().unwrap(), "--bind", &lab.bind(0)],
+    );
+    let ticket = teacher.line();
+    let a = lab.spawn(
+        1,
+        "pupil-a",
+        &[
+            "fetch",
+            &ticket,
+            "--trust",
+            key,
+            "--bind",
+            &lab.bind(1),
+            "--json",
+            "--out",
+            lab.home("out-a").to_str().unwrap(),
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let a_node = summary["node_id"].as_str().unwrap().to_string();
+    let root = summary["root"].as_str().unwrap().to_string();
+    teacher.stop();
+
+    let out = lab.run(
+        2,
+        "pupil-b",
+        &[
+            "fetch",
+            &root,
+            "--trust",
+            key,
+            "--bind",
+            &lab.bind(2),
+            "--no-seed",
+            "--json",
+            "--out",
+            lab.home("out-b").to_str().unwrap(),
+        ],
+    );
+    let b = json(&out);
+    same_tree(&lesson, &lab.home("out-b"));
+    let providers: Vec<&String> = b["per_provider"].as_object().unwrap().keys().collect();
+    assert_eq!(providers, vec![&a_node]);
+    a.stop();
+}
+
+/// Test 4: a follower offline during two announcements catches up to the
+/// latest when it comes back; the older version re-announced later is
+/// ignored.
+#[test]
+fn follower_catches_up_and_ignores_an_older_version() {
+    let Some(lab) = Lab::new(4, false) else {
+        return;
+    };
+    let lesson = lab.dir.path().join("lesson");
+    make_lesson(&lesson, 1, "4");
+    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
+    let key = key.trim();
+    let seed = lab.spawn(
+        0,
+        "seed",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(0),
+            "--follow",
+            key,
+            "--no-mdns",
+        ],
+    );
+    let bootstrap = seed.line();
+    let share = |tag: &str| {
+        std::fs::write(lesson.join("docs/lisez-moi.txt"), format!("Leçon {tag}\n")).unwrap();
+        let t = lab.spawn(
+            1,
+            "teacher",
+            &[
+                "share",
+                lesson.to_str().unwrap(),
+                "--bind",
+                &lab.bind(1),
+                "--bootstrap",
+                &bootstrap,
+                "--no-mdns",
+            ],
+        );
+        let _ticket = t.line();
+        let (m, _) = seed.event("mirrored");
+        t.stop();
+        m
+    };
+    let v1 = share("v1");
+    assert_eq!(v1["version"], 1);
+    let v1_line = std::fs::read_to_string(lab.home("seed").join("announcements")).unwrap();
+    let v1_line = v1_line.lines().next().unwrap().to_string();
+    let v2 = share("v2");
+    assert_eq!(v2["version"], 2);
+
+    // The follower comes online now: it must catch up to v2 only.
+    let follow = lab.run(2, "follower", &["follow", key]);
+    assert!(follow.status.success());
+    let inbox = lab.home("inbox");
+    let follower = lab.spawn(
+        2,
+        "follower",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(2),
+            "--bootstrap",
+            &bootstrap,
+            "--no-mdns",
+            "--out",
+            inbox.to_str().unwrap(),
+        ],
+    );
+    let _addr = follower.line();
+    let (got, skipped) = follower.event("mirrored");
+    assert_eq!(got["version"], 2, "caught up to the latest version");
+    assert!(skipped.iter().all(|e| e["event"] != "mirrored"));
+    let written = std::fs::read_to_string(inbox.join("lesson/docs/lisez-moi.txt")).unwrap();
+    assert_eq!(written, "Leçon v2\n");
+
+    // v1, validly signed, announced again by someone else.
+    let adversary = lab_adversary(&lab, 3, &bootstrap, &["--replay", &v1_line]);
+    assert!(
+        adversary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adversary.stderr)
+    );
+    let later = follower.lines_for(Duration::from_secs(3));
+    assert!(
+        !later.iter().any(|l| l.contains("\"mirrored\"")),
+        "an older version was mirrored: {later:?}"
+    );
+    assert!(
+        later.iter().any(|l| l.contains("older than the one known")),
+        "the replay was not noticed: {later:?}"
+    );
+    let written = std::fs::read_to_string(inbox.join("lesson/docs/lisez-moi.txt")).unwrap();
+    assert_eq!(written, "Leçon v2\n", "the folder still holds v2");
+    follower.stop();
+    seed.stop();
+}
+
+fn lab_adversary(lab: &Lab, host: usize, bootstrap: &str, args: &[&str]) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_classe-lab");
+    let mut cmd = match &lab.topo {
+        Some(t) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &t.hosts()[host].ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args([
+        "adversary",
+        "--listen",
+        &format!("{}:0", lab.ip(host)),
+        "--bootstrap",
+        bootstrap,
+        "--stay-secs",
+        "6",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .output()
+    .unwrap()
+}
+
+/// Test 5: forged announcements (wrong key, bad signature) trigger no
+/// download.
+#[test]
+fn forged_announcements_trigger_no_download() {
+    let Some(lab) = Lab::new(3, false) else {
+        return;
+    };
+    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
+    let key = key.trim();
+    let stats = lab.home("seed-stats.json");
+    let seed = lab.spawn(
+        0,
+        "seed",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(0),
+            "--follow",
+            key,
+            "--no-mdns",
+            "--stats",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let bootstrap = seed.line();
+    let out = lab_adversary(&lab, 2, &bootstrap, &["--forge-as", key]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = seed.lines_for(Duration::from_secs(2));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("\"mirrored\"") || l.contains("\"mirror_failed\"")),
+        "a forged announcement started a download: {lines:?}"
+    );
+    let ignored = lines.iter().filter(|l| l.contains("\"ignored\"")).count();
+    assert_eq!(ignored, 2, "both forgeries are reported: {lines:?}");
+    seed.stop();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["discovery"]["bad_announcements"], 2);
+    // Nothing was fetched: the seed's store is empty.
+    let ls = lab.run(0, "seed", &["ls", "--json"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).trim().is_empty());
+}
