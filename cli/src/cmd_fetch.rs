@@ -146,6 +146,7 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     }
 
     let node = home.spawn_node(&args.net).await?;
+    node.discard_control_events();
     let root = ticket.root;
     let request = FetchRequest {
         root,

@@ -175,6 +175,15 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
         .map(|a| (a.clone(), 0))
         .collect();
 
+    // The newest version known of each lesson: an older one that finishes
+    // mirroring later is kept in the store but not written over the
+    // newer folder.
+    let newest = Arc::new(std::sync::Mutex::new(classe_bundle::Book::default()));
+    for a in &known {
+        if let Ok(mut b) = newest.lock() {
+            b.offer(a.clone());
+        }
+    }
     let mut mirrors: JoinSet<(SignedAnnouncement, u32, Result<MirrorDone, String>)> =
         JoinSet::new();
     let mut retries: JoinSet<(SignedAnnouncement, u32)> = JoinSet::new();
@@ -185,8 +194,9 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
             };
             let node = node.clone();
             let out = out.clone();
+            let newest = newest.clone();
             mirrors.spawn(async move {
-                let result = mirror(&node, &a, out.as_deref()).await;
+                let result = mirror(&node, &a, out.as_deref(), &newest).await;
                 (a, attempt, result)
             });
         }
@@ -195,6 +205,9 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
             Some(ev) = control_events.recv() => match ev {
                 ControlEvent::Announced { announcement, via } => {
                     tracing::info!(via, "announcement");
+                    if let Ok(mut b) = newest.lock() {
+                        b.offer(announcement.clone());
+                    }
                     let mut all = home.announcements();
                     all.push(announcement.clone());
                     if let Err(e) = home.save_announcements(&all) {
@@ -283,6 +296,7 @@ async fn mirror(
     node: &Node,
     a: &SignedAnnouncement,
     out: Option<&Path>,
+    newest: &std::sync::Mutex<classe_bundle::Book>,
 ) -> Result<MirrorDone, String> {
     let ann = a.announcement();
     let root = Hash::from_bytes(ann.root);
@@ -316,9 +330,13 @@ async fn mirror(
     let manifest = report.manifest.manifest();
     node.serve_bundle(root, manifest);
     node.provide(root).await;
+    let is_newest = newest
+        .lock()
+        .map(|b| b.version_of(&author, &lesson).is_none_or(|v| v <= version))
+        .unwrap_or(true);
     let written = match out {
-        Some(dir) => Some(write_lesson(node, root, &manifest.title, dir).await?),
-        None => None,
+        Some(dir) if is_newest => Some(write_lesson(node, root, &manifest.title, dir).await?),
+        _ => None,
     };
     Ok(MirrorDone {
         total_bytes: report.total_bytes,

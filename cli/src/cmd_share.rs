@@ -51,6 +51,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     let mut shutdown = ui::Shutdown::install();
     let secret = home.author_secret()?;
     let node = home.spawn_node(&args.net).await?;
+    node.discard_control_events();
 
     let bar = ui::byte_bar(0, "importing");
     let options = ImportOptions {

@@ -32,6 +32,8 @@ const MAX_CONNECTIONS: usize = 256;
 const MAX_KNOWN_PEERS: usize = 2048;
 /// Most lookups or publications in flight.
 const MAX_PENDING: usize = 64;
+/// Most providers one lookup dials or returns.
+const MAX_PROVIDERS_PER_LOOKUP: usize = 20;
 /// How long an announcement is retried while nobody subscribes.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 /// How long to wait for the TCP listener to report its addresses.
@@ -702,6 +704,10 @@ impl State {
             if !lookup.found.iter().any(|f| f.node_id == info.node_id) {
                 lookup.found.push(info);
             }
+            return;
+        }
+        // A DHT node may list many providers: dial a bounded number.
+        if lookup.waiting.len() + lookup.found.len() >= MAX_PROVIDERS_PER_LOOKUP {
             return;
         }
         if lookup.waiting.insert(peer) {

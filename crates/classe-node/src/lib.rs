@@ -202,6 +202,14 @@ impl Node {
         self.control.as_ref()
     }
 
+    /// Reads and drops the control plane's events, for nodes that act on
+    /// none (share, fetch): refusals are already counted and logged.
+    pub fn discard_control_events(&self) {
+        if let Some(mut rx) = self.take_control_events() {
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        }
+    }
+
     /// The control plane's events (announcements, refusals). Taken once.
     pub fn take_control_events(&self) -> Option<tokio::sync::mpsc::Receiver<ControlEvent>> {
         self.control_events.lock().ok()?.take()
