@@ -367,6 +367,23 @@ fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
     assert_eq!(mirrored["version"], 1);
     teacher.stop();
 
+    // The seed restarts: same identity (same bootstrap address), same
+    // content, served and provided again without the teacher.
+    seed.stop();
+    let seed = lab.spawn(
+        0,
+        "seed",
+        &[
+            "seed",
+            "--listen",
+            &lab.listen(0),
+            "--follow",
+            teacher_key,
+            "--no-mdns",
+        ],
+    );
+    assert_eq!(seed.line(), bootstrap, "the seed kept its identity");
+
     // By ticket: the ticket's only provider is gone; the seed has it.
     let out = lab.run(
         2,
