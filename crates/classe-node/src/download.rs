@@ -78,7 +78,8 @@ enum DriverEvent {
     Discovered(Vec<ProviderInfo>),
 }
 
-/// First pause between DHT lookups during a download; it doubles up to
+/// The first DHT lookup of a download is at once; then this pause, which
+/// doubles up to
 /// [`LOOKUP_MAX_EVERY`].
 const LOOKUP_FIRST_EVERY: Duration = Duration::from_secs(2);
 const LOOKUP_MAX_EVERY: Duration = Duration::from_secs(30);
@@ -97,6 +98,56 @@ enum Outcome {
 struct Peer {
     conn: Connection,
     session: AbortHandle,
+}
+
+/// A request in flight, by piece.
+struct Req {
+    handle: AbortHandle,
+    /// The only piece of its request (so it may be cancelled alone).
+    alone: bool,
+}
+
+/// Most pieces one range request may carry (4 MiB at 256 KiB pieces):
+/// long enough that per-request setup is noise, short enough that a slow
+/// peer's run does not hold many pieces hostage.
+const MAX_RUN: usize = 16;
+
+/// Consecutive pieces of one blob, asked of one peer in one request.
+struct Run {
+    peer: NodeKey,
+    hash: Hash,
+    /// (piece, offset, len), ascending and contiguous.
+    pieces: Vec<(PieceId, (u64, u64))>,
+}
+
+/// Groups piece requests into runs: same peer, same blob, contiguous.
+fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>) -> Vec<Run> {
+    wanted.sort_unstable();
+    let mut out: Vec<Run> = Vec::new();
+    for (peer, piece) in wanted {
+        let Some(span) = layout.layout.span(piece) else {
+            continue;
+        };
+        let hash = layout.blobs[span.file];
+        if let Some(last) = out.last_mut() {
+            let (prev_id, (prev_off, prev_len)) = last.pieces[last.pieces.len() - 1];
+            if last.peer == peer
+                && last.hash == hash
+                && prev_id + 1 == piece
+                && prev_off + prev_len == span.offset
+                && last.pieces.len() < MAX_RUN
+            {
+                last.pieces.push((piece, (span.offset, span.len)));
+                continue;
+            }
+        }
+        out.push(Run {
+            peer,
+            hash,
+            pieces: vec![(piece, (span.offset, span.len))],
+        });
+    }
+    out
 }
 
 /// What the file phase did.
@@ -170,7 +221,7 @@ impl Node {
         let mut connecting: HashSet<NodeKey> = HashSet::new();
         let mut tried: HashSet<NodeKey> = HashSet::new();
         let mut backlog: Vec<ProviderInfo> = Vec::new();
-        let mut requests: HashMap<(NodeKey, PieceId), AbortHandle> = HashMap::new();
+        let mut requests: HashMap<(NodeKey, PieceId), Req> = HashMap::new();
         let mut report = Report {
             per_provider: BTreeMap::new(),
             received: 0,
@@ -197,11 +248,11 @@ impl Node {
             tokio::spawn(async move {
                 let mut every = LOOKUP_FIRST_EVERY;
                 loop {
-                    tokio::time::sleep(every).await;
                     let found = control.find_providers(root, LOOKUP_WITHIN).await;
                     if tx.send(DriverEvent::Discovered(found)).await.is_err() {
                         break;
                     }
+                    tokio::time::sleep(every).await;
                     every = (every * 2).min(LOOKUP_MAX_EVERY);
                 }
             })
@@ -239,32 +290,17 @@ impl Node {
             }
 
             let now = started.elapsed();
+            let mut wanted: Vec<(NodeKey, PieceId)> = Vec::new();
             for action in sched.poll(now) {
                 match action {
-                    Action::Request(peer, piece) => {
-                        let Some(p) = peers.get(&peer) else { continue };
-                        let Some(span) = layout.layout.span(piece) else {
-                            continue;
-                        };
-                        let hash = layout.blobs[span.file];
-                        let handle = tokio::spawn(request_piece(
-                            store.clone(),
-                            p.conn.clone(),
-                            peer,
-                            piece,
-                            hash,
-                            span.offset,
-                            span.len,
-                            idle,
-                            pacer.clone(),
-                            tx.clone(),
-                        ))
-                        .abort_handle();
-                        requests.insert((peer, piece), handle);
-                    }
+                    Action::Request(peer, piece) => wanted.push((peer, piece)),
                     Action::Cancel(peer, piece) => {
-                        if let Some(h) = requests.remove(&(peer, piece)) {
-                            h.abort();
+                        // A piece that shares its request with others is
+                        // left to finish: aborting would lose the others.
+                        if let Some(r) = requests.remove(&(peer, piece)) {
+                            if r.alone {
+                                r.handle.abort();
+                            }
                         }
                     }
                     Action::DropPeer(peer, reason) => {
@@ -272,9 +308,9 @@ impl Node {
                             p.session.abort();
                             p.conn.close(0u32.into(), b"dropped");
                         }
-                        requests.retain(|(q, _), h| {
+                        requests.retain(|(q, _), r| {
                             if *q == peer {
-                                h.abort();
+                                r.handle.abort();
                             }
                             *q != peer
                         });
@@ -286,6 +322,35 @@ impl Node {
                             })
                             .ok();
                     }
+                }
+            }
+            // Consecutive pieces of one file asked of one peer go as one
+            // range request: each request costs iroh-blobs a round of
+            // setup, which at loopback speed is a fifth of the throughput.
+            for run in runs(&layout, wanted) {
+                let Some(p) = peers.get(&run.peer) else {
+                    continue;
+                };
+                let peer = run.peer;
+                let alone = run.pieces.len() == 1;
+                let keys: Vec<PieceId> = run.pieces.iter().map(|(id, _)| *id).collect();
+                let handle = tokio::spawn(request_run(
+                    store.clone(),
+                    p.conn.clone(),
+                    run,
+                    idle,
+                    pacer.clone(),
+                    tx.clone(),
+                ))
+                .abort_handle();
+                for piece in keys {
+                    requests.insert(
+                        (peer, piece),
+                        Req {
+                            handle: handle.clone(),
+                            alone,
+                        },
+                    );
                 }
             }
             if sched.is_complete() {
@@ -400,8 +465,8 @@ impl Node {
         if let Some(task) = lookups {
             task.abort();
         }
-        for (_, h) in requests.drain() {
-            h.abort();
+        for (_, r) in requests.drain() {
+            r.handle.abort();
         }
         for (_, p) in peers.drain() {
             p.session.abort();
@@ -553,27 +618,37 @@ fn classify(e: &GetError, store_dir: &std::path::Path) -> Outcome {
     }
 }
 
-/// Fetches one piece: a range request for `len` bytes at `offset` of blob
-/// `hash`, verified while streaming.
-#[allow(clippy::too_many_arguments)]
-async fn request_piece(
+/// Fetches a run of pieces with one range request, verified while
+/// streaming. Each piece is reported done as soon as the bytes up to its
+/// end are in the store, so classmates can ask us for it before the run
+/// ends.
+async fn request_run(
     store: classe_store::Store,
     conn: Connection,
-    peer: NodeKey,
-    piece: PieceId,
-    hash: Hash,
-    offset: u64,
-    len: u64,
+    run: Run,
     idle: Duration,
     pacer: Option<Arc<Pacer>>,
     tx: mpsc::Sender<DriverEvent>,
 ) {
-    let ranges = ChunkRanges::bytes(offset..offset + len);
-    let request = GetRequest::blob_ranges(hash, ranges.clone());
+    let peer = run.peer;
+    let start = run.pieces[0].1 .0;
+    let end = run
+        .pieces
+        .last()
+        .map_or(start, |(_, (offset, len))| offset + len);
+    let ranges = ChunkRanges::bytes(start..end);
+    let request = GetRequest::blob_ranges(run.hash, ranges.clone());
     let progress = store.blobs().remote().execute_get(conn, request);
     let mut stream = std::pin::pin!(progress.stream());
     let mut last = 0u64;
     let mut reported = 0u64;
+    // Pieces not reported yet, and the byte count (from `start`) at which
+    // each is whole.
+    let mut pending = run
+        .pieces
+        .iter()
+        .map(|(id, (offset, len))| (*id, offset + len - start))
+        .collect::<std::collections::VecDeque<_>>();
     let result = loop {
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
@@ -597,6 +672,13 @@ async fn request_piece(
                         .ok();
                     reported = n;
                 }
+                // The last piece waits for the end of the request and the
+                // store check below.
+                while pending.len() > 1 && pending.front().is_some_and(|(_, at)| *at <= n) {
+                    if let Some((id, _)) = pending.pop_front() {
+                        tx.send(DriverEvent::PieceDone(peer, id, Ok(()))).await.ok();
+                    }
+                }
             }
             Ok(Some(GetProgressItem::Done(stats))) => {
                 let total = stats.payload_bytes_read.max(last);
@@ -619,15 +701,56 @@ async fn request_piece(
     };
     // A provider that lacks part of the range ends early without an error
     // on some paths: believe the store, not the stream.
-    let result = match result {
-        Ok(()) => match store.blobs().blobs().observe(hash).await {
-            Ok(bitfield) if covers(&bitfield.ranges, &ranges) => Ok(()),
-            Ok(_) => Err(Outcome::Fail(FailReason::Error, "piece incomplete".into())),
-            Err(e) => Err(Outcome::Local(format!("cannot read the local store: {e}"))),
+    let bitfield = match &result {
+        Ok(()) => match store.blobs().blobs().observe(run.hash).await {
+            Ok(b) => Some(b.ranges),
+            Err(e) => {
+                let reason = format!("cannot read the local store: {e}");
+                for (id, _) in pending {
+                    tx.send(DriverEvent::PieceDone(
+                        peer,
+                        id,
+                        Err(Outcome::Local(reason.clone())),
+                    ))
+                    .await
+                    .ok();
+                }
+                return;
+            }
         },
-        Err(e) => Err(e),
+        Err(_) => None,
     };
-    tx.send(DriverEvent::PieceDone(peer, piece, result))
-        .await
-        .ok();
+    // One failed request is one failure for the peer's score, not one per
+    // piece it carried: the first piece takes the real reason, the others
+    // are only steered to other peers first.
+    let mut first = true;
+    for (id, at) in pending {
+        let outcome = match (&result, &bitfield) {
+            (Err(Outcome::Fail(_, detail)), _) if !first => {
+                Err(Outcome::Fail(FailReason::Refused, detail.clone()))
+            }
+            (Ok(()), Some(have)) => {
+                let piece = ChunkRanges::bytes(start + at - piece_len(&run, id)..start + at);
+                if covers(have, &piece) {
+                    Ok(())
+                } else {
+                    Err(Outcome::Fail(FailReason::Error, "piece incomplete".into()))
+                }
+            }
+            (Err(Outcome::Fail(reason, detail)), _) => Err(Outcome::Fail(*reason, detail.clone())),
+            (Err(Outcome::Local(detail)), _) => Err(Outcome::Local(detail.clone())),
+            (Ok(()), None) => Err(Outcome::Fail(FailReason::Error, "piece incomplete".into())),
+        };
+        first = false;
+        tx.send(DriverEvent::PieceDone(peer, id, outcome))
+            .await
+            .ok();
+    }
+}
+
+fn piece_len(run: &Run, id: PieceId) -> u64 {
+    run.pieces
+        .iter()
+        .find(|(p, _)| *p == id)
+        .map_or(0, |(_, (_, len))| *len)
 }

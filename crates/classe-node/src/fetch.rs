@@ -348,10 +348,10 @@ impl Node {
     }
 
     /// Dials the ticket's providers and, at once, those the DHT names.
-    /// Once either side has a connection, the other gets a moment more
-    /// and is then left behind (a dead teacher in the ticket must not hold
-    /// up a fetch the seed node can serve; the download keeps asking the
-    /// DHT anyway).
+    /// Whichever side connects first wins (the DHT side waits a moment for
+    /// the ticket's); the other is left behind: a dead teacher in the
+    /// ticket must not hold up a fetch the seed node can serve, and the
+    /// download asks the DHT again as soon as it starts.
     async fn connect_ticket_and_dht(
         &self,
         control: &classe_control::Control,
@@ -394,9 +394,13 @@ impl Node {
                 r = &mut ticket, if from_ticket.is_none() => from_ticket = Some(r),
                 r = &mut dht, if from_dht.is_none() => from_dht = Some(r),
             }
-            let have_one = from_ticket.as_ref().is_some_and(|v| !v.is_empty())
-                || from_dht.as_ref().is_some_and(|v| !v.is_empty());
-            if have_one {
+            // The ticket's providers answered: go (the download asks the
+            // DHT again at once). Only the DHT answered: give the ticket a
+            // moment, its providers are the ones the teacher named.
+            if from_ticket.as_ref().is_some_and(|v| !v.is_empty()) {
+                break;
+            }
+            if from_dht.as_ref().is_some_and(|v| !v.is_empty()) {
                 let grace = tokio::time::sleep(OTHER_SIDE_GRACE);
                 tokio::pin!(grace);
                 while from_ticket.is_none() || from_dht.is_none() {

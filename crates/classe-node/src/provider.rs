@@ -214,8 +214,8 @@ async fn run(
                 let piece = piece.flatten();
                 let bytes = estimate(request);
                 if queue.too_long(bytes) {
-                    if let Some((root, piece)) = piece {
-                        registry.undo_piece(root, piece);
+                    if let Some((root, pieces)) = piece.clone() {
+                        registry.undo_piece(root, pieces);
                     }
                     tracing::debug!(%peer, "declining a request: upload queue full");
                     msg.tx.send(Err(AbortReason::RateLimited)).await.ok();
@@ -244,8 +244,8 @@ async fn run(
                     }
                     let aborted = count_transfer(msg.rx, &traffic, &peer, hash, &cancel).await;
                     if aborted {
-                        if let Some((root, piece)) = piece {
-                            registry.undo_piece(root, piece);
+                        if let Some((root, pieces)) = piece {
+                            registry.undo_piece(root, pieces);
                         }
                     }
                     queue.queued_bytes.fetch_sub(bytes, Relaxed);

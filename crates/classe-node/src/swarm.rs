@@ -215,13 +215,14 @@ impl Registry {
         self.start(root, layout, have);
     }
 
-    /// The seed's rule for a request: `None` if the request is not for one
-    /// piece of a bundle we hold whole (no rule applies); `Some(None)` to
-    /// decline it; `Some(Some((root, piece)))` when admitted and counted.
+    /// The seed's rule for a request: `None` if the request is not for
+    /// pieces of a bundle we hold whole (no rule applies); `Some(None)` to
+    /// decline it; `Some(Some((root, pieces)))` when admitted and counted.
+    /// A request for a run of pieces is admitted only if every piece is.
     pub fn admit_piece(
         &self,
         request: &iroh_blobs::protocol::GetRequest,
-    ) -> Option<Option<(Hash, PieceId)>> {
+    ) -> Option<Option<(Hash, std::ops::RangeInclusive<PieceId>)>> {
         if !request.ranges.is_blob() {
             return None;
         }
@@ -243,24 +244,38 @@ impl Registry {
             let Some(&file) = layout.index.get(&request.hash) else {
                 continue;
             };
+            // One downloader (or none in a swarm session): nobody to spread
+            // pieces for, and a pupil resuming after a crash asks again for
+            // pieces it lost; no rule.
+            let live = state
+                .subscribers
+                .iter()
+                .filter(|(_, tx)| !tx.is_closed())
+                .count();
+            if live <= 1 {
+                return None;
+            }
             let first = layout.layout.piece_at(file, start)?;
             let last = layout
                 .layout
                 .piece_at(file, end.saturating_sub(1))
                 .unwrap_or(first);
-            if first != last {
-                return None;
-            }
-            return Some(policy.admit(first).then_some((*root, first)));
+            return Some(
+                policy
+                    .admit_run(first..=last)
+                    .then_some((*root, first..=last)),
+            );
         }
         None
     }
 
-    /// An admitted piece was not sent after all.
-    pub fn undo_piece(&self, root: Hash, piece: PieceId) {
+    /// Admitted pieces were not sent after all.
+    pub fn undo_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
         self.with(root, |s| {
             if let Some(policy) = &mut s.policy {
-                policy.undo(piece);
+                for piece in pieces {
+                    policy.undo(piece);
+                }
             }
         });
     }

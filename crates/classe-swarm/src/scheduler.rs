@@ -256,7 +256,17 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
     pub fn poll(&mut self, now: Duration) -> Vec<Action<P>> {
         self.expire(now);
         if !self.is_complete() {
-            let mut order: Vec<P> = self.peers.keys().cloned().collect();
+            let alone = self.peers.len() == 1;
+            let mut order: Vec<P> = self
+                .peers
+                .iter()
+                // A single source is refilled in batches, once half its
+                // pipeline has drained: consecutive pieces asked at once go
+                // as one range request (the driver joins them), and one
+                // request per piece costs a fifth of loopback throughput.
+                .filter(|(_, peer)| !alone || peer.in_flight.len() <= self.pipeline(peer) / 2)
+                .map(|(k, _)| k.clone())
+                .collect();
             self.shuffle(&mut order);
             // Round-robin one request per peer per pass, so that when pieces
             // are scarce every peer gets a share. A peer that gets nothing

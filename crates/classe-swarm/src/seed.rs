@@ -70,6 +70,34 @@ impl SeedPolicy {
         true
     }
 
+    /// A run of pieces asked in one request: admitted whole (each counted
+    /// as sent) if every piece would be admitted alone; otherwise refused
+    /// whole, and every piece that stood in the way counts a refusal, so
+    /// the refusal cap is reached for all of them together rather than one
+    /// after the other.
+    pub fn admit_run(&mut self, pieces: std::ops::RangeInclusive<PieceId>) -> bool {
+        let blocked: Vec<PieceId> = pieces
+            .clone()
+            .filter(|&p| {
+                self.sent.get(p as usize).is_some_and(|&count| {
+                    count > self.min + self.slack
+                        && self.refused[p as usize].saturating_add(1) < MAX_REFUSALS
+                })
+            })
+            .collect();
+        if blocked.is_empty() {
+            for p in pieces {
+                self.admit(p);
+            }
+            return true;
+        }
+        for p in blocked {
+            let refused = &mut self.refused[p as usize];
+            *refused = refused.saturating_add(1);
+        }
+        false
+    }
+
     /// Forgets that `piece` was sent once (the transfer was aborted before
     /// it completed).
     pub fn undo(&mut self, piece: PieceId) {
@@ -158,5 +186,23 @@ mod tests {
         assert!(policy.admit(0));
         assert!(policy.admit(0));
         assert!(!policy.admit(0));
+    }
+
+    #[test]
+    fn a_refused_run_counts_toward_the_cap_for_every_blocking_piece() {
+        let mut policy = SeedPolicy::new(4, 0);
+        // Pieces 1 and 2 go out once; the others not yet.
+        assert!(policy.admit(1));
+        assert!(policy.admit(2));
+        // A run over 0..=3 is held back by 1 and 2 together.
+        let mut tries = 0;
+        while !policy.admit_run(0..=3) {
+            tries += 1;
+            assert!(tries < 100, "the run is never admitted");
+        }
+        assert_eq!(tries, (MAX_REFUSALS - 1) as usize);
+        // A run of unsent pieces goes at once.
+        let mut fresh = SeedPolicy::new(4, 0);
+        assert!(fresh.admit_run(0..=3));
     }
 }
