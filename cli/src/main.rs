@@ -103,7 +103,7 @@ pub struct NetArgs {
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<String>,
     /// Do not look for classmates on the local network (mDNS).
-    #[arg(long)]
+    #[arg(long, env = "CLASSE_NO_MDNS")]
     no_mdns: bool,
 }
 
