@@ -231,6 +231,9 @@ impl Home {
         for text in net.bootstrap.iter().chain(&file.bootstrap) {
             bootstrap.push(classe_control::parse_bootstrap(text).map_err(|e| Exit::new(USAGE, e))?);
         }
+        if net.no_discovery && listen.is_none() {
+            return Ok(config);
+        }
         let bind_ip = config.bind_addr.ip();
         config.control = Some(ControlConfig {
             // Discovery listens where data does: on the seed's fixed port,

@@ -105,6 +105,10 @@ pub struct NetArgs {
     /// Do not look for classmates on the local network (mDNS).
     #[arg(long, env = "CLASSE_NO_MDNS")]
     no_mdns: bool,
+    /// Tickets only: no DHT, no announcements, no mDNS (share and fetch;
+    /// `seed` needs discovery).
+    #[arg(long, env = "CLASSE_NO_DISCOVERY")]
+    no_discovery: bool,
 }
 
 fn main() {

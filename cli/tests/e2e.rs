@@ -391,3 +391,20 @@ fn full_disk_is_reported_and_leaves_nothing() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     sharer.stop();
 }
+
+#[test]
+fn tickets_carry_the_discovery_port_unless_discovery_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let lesson = dir.path().join("lesson");
+    make_lesson(&lesson, 10_000);
+    let teacher = User::new(dir.path(), "teacher");
+    let with = teacher.share(&lesson, &[]);
+    let ticket: Ticket = with.ticket.parse().unwrap();
+    assert!(ticket.providers[0].control_port.is_some(), "{ticket:?}");
+    with.stop();
+    let without = teacher.share(&lesson, &["--no-discovery"]);
+    let ticket: Ticket = without.ticket.parse().unwrap();
+    assert_eq!(ticket.providers[0].control_port, None);
+    let (status, err) = without.stop();
+    assert!(status.success(), "{err}");
+}

@@ -78,13 +78,15 @@ enum DriverEvent {
     Discovered(Vec<ProviderInfo>),
 }
 
-/// The first DHT lookup of a download is at once; then this pause, which
-/// doubles up to
+/// Pause before the download's first DHT lookup (the fetch has just done
+/// one, or the ticket's providers answered); it doubles up to
 /// [`LOOKUP_MAX_EVERY`].
 const LOOKUP_FIRST_EVERY: Duration = Duration::from_secs(2);
 const LOOKUP_MAX_EVERY: Duration = Duration::from_secs(30);
 /// How long one lookup may take.
 const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+/// DHT lookups run only while fewer peers than this are connected.
+const LOOKUP_BELOW_PEERS: usize = 4;
 /// With discovery running, how long a download with no peer at all waits
 /// for one to turn up before giving up.
 const ALONE_PATIENCE: Duration = Duration::from_secs(15);
@@ -242,18 +244,27 @@ impl Node {
         }
         // Keep asking the DHT for providers: pupils who start later, or
         // the seed node once it has mirrored the bundle.
+        // Only while the swarm is small: with a few peers, peer exchange
+        // finds the rest, and each DHT lookup opens discovery connections
+        // to the providers it names (the lab measured the mesh this makes
+        // in a class of 30 at ~+12 % makespan when every pupil looked up).
+        let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let lookups = self.control().cloned().map(|control| {
             let tx = tx.clone();
             let root = *root.as_bytes();
+            let connected = connected.clone();
             tokio::spawn(async move {
                 let mut every = LOOKUP_FIRST_EVERY;
                 loop {
+                    tokio::time::sleep(every).await;
+                    every = (every * 2).min(LOOKUP_MAX_EVERY);
+                    if connected.load(std::sync::atomic::Ordering::Relaxed) >= LOOKUP_BELOW_PEERS {
+                        continue;
+                    }
                     let found = control.find_providers(root, LOOKUP_WITHIN).await;
                     if tx.send(DriverEvent::Discovered(found)).await.is_err() {
                         break;
                     }
-                    tokio::time::sleep(every).await;
-                    every = (every * 2).min(LOOKUP_MAX_EVERY);
                 }
             })
         });
@@ -356,6 +367,7 @@ impl Node {
             if sched.is_complete() {
                 break Ok(());
             }
+            connected.store(peers.len(), std::sync::atomic::Ordering::Relaxed);
             let alone = peers.is_empty() && connecting.is_empty() && backlog.is_empty();
             let waited = match (alone, lookups.is_some()) {
                 (false, _) => {
