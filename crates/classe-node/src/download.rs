@@ -269,6 +269,7 @@ impl Node {
             })
         });
         let mut alone_since: Option<Instant> = None;
+        let mut providing = done_before > 0;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -461,6 +462,12 @@ impl Node {
                             sched.handle(now, Event::Received(peer, piece));
                             if !had {
                                 self.swarm_registry().piece_done(root, piece);
+                                if !providing {
+                                    // A node with no piece yet would only
+                                    // draw classmates to an empty store.
+                                    providing = true;
+                                    self.provide(root).await;
+                                }
                             }
                         }
                         Err(Outcome::Fail(reason, detail)) => {

@@ -243,10 +243,10 @@ impl Node {
             TrustDecision::Refused => return Err(FetchError::Untrusted(author)),
         }
 
-        // 3. Pin, then the files that are not complete yet. From here on we
-        // hold part of it: say so in the DHT.
+        // 3. Pin, then the files that are not complete yet. The DHT hears
+        // that we hold it once we hold a piece (see download.rs), or now
+        // if the store already has some of it.
         store.pin(root).await?;
-        self.provide(root).await;
         let files = &manifest.manifest().files;
         self.account_bundle(root, files.iter().map(|f| Hash::from_bytes(f.hash)));
         let total_bytes = manifest.manifest().total_size();
@@ -284,6 +284,9 @@ impl Node {
                     free / 1_000_000
                 )));
             }
+        }
+        if already > 0 {
+            self.provide(root).await;
         }
         events
             .try_send(FetchEvent::Started {
