@@ -183,6 +183,36 @@ impl Lab {
         }
     }
 
+    /// `fetch WHAT --trust KEY --bind IP:0 --json --out <dir>/<out>`, with
+    /// `--bootstrap ADDR --no-mdns` when a bootstrap is given (the DHT
+    /// tests keep mDNS out of the way) and `--no-seed` unless the pupil
+    /// keeps sharing.
+    fn fetch_args(
+        &self,
+        host: usize,
+        what: &str,
+        key: &str,
+        bootstrap: Option<&str>,
+        out: &str,
+        keep_sharing: bool,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = ["fetch", what, "--trust", key, "--bind", &self.bind(host)]
+            .map(String::from)
+            .to_vec();
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap".into(), b.into(), "--no-mdns".into()]);
+        }
+        if !keep_sharing {
+            args.push("--no-seed".into());
+        }
+        args.extend([
+            "--json".into(),
+            "--out".into(),
+            self.home(out).display().to_string(),
+        ]);
+        args
+    }
+
     fn home(&self, home: &str) -> PathBuf {
         self.dir.path().join(home)
     }
@@ -388,21 +418,10 @@ fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
     let out = lab.run(
         2,
         "pupil-a",
-        &[
-            "fetch",
-            &ticket,
-            "--trust",
-            teacher_key,
-            "--bind",
-            &lab.bind(2),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--no-seed",
-            "--json",
-            "--out",
-            lab.home("out-a").to_str().unwrap(),
-        ],
+        &lab.fetch_args(2, &ticket, teacher_key, Some(&bootstrap), "out-a", false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let a = json(&out);
     same_tree(&lesson, &lab.home("out-a"));
@@ -413,21 +432,10 @@ fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
     let out = lab.run(
         3,
         "pupil-b",
-        &[
-            "fetch",
-            &root,
-            "--trust",
-            teacher_key,
-            "--bind",
-            &lab.bind(3),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--no-seed",
-            "--json",
-            "--out",
-            lab.home("out-b").to_str().unwrap(),
-        ],
+        &lab.fetch_args(3, &root, teacher_key, Some(&bootstrap), "out-b", false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let b = json(&out);
     same_tree(&lesson, &lab.home("out-b"));
@@ -496,20 +504,10 @@ fn pupil_finds_a_classmate_through_the_dht() {
     let a = lab.spawn(
         2,
         "pupil-a",
-        &[
-            "fetch",
-            &ticket,
-            "--trust",
-            key,
-            "--bind",
-            &lab.bind(2),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--json",
-            "--out",
-            lab.home("out-a").to_str().unwrap(),
-        ],
+        &lab.fetch_args(2, &ticket, key, Some(&bootstrap), "out-a", true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let summary: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
     let a_node = summary["node_id"].as_str().unwrap().to_string();
@@ -525,21 +523,10 @@ fn pupil_finds_a_classmate_through_the_dht() {
     let out = lab.run(
         4,
         "pupil-b",
-        &[
-            "fetch",
-            &root,
-            "--trust",
-            key,
-            "--bind",
-            &lab.bind(4),
-            "--bootstrap",
-            &other_addr,
-            "--no-mdns",
-            "--no-seed",
-            "--json",
-            "--out",
-            lab.home("out-b").to_str().unwrap(),
-        ],
+        &lab.fetch_args(4, &root, key, Some(&other_addr), "out-b", false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let b = json(&out);
     same_tree(&lesson, &lab.home("out-b"));
@@ -571,17 +558,10 @@ fn pupil_finds_a_classmate_by_mdns() {
     let a = lab.spawn(
         1,
         "pupil-a",
-        &[
-            "fetch",
-            &ticket,
-            "--trust",
-            key,
-            "--bind",
-            &lab.bind(1),
-            "--json",
-            "--out",
-            lab.home("out-a").to_str().unwrap(),
-        ],
+        &lab.fetch_args(1, &ticket, key, None, "out-a", true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let summary: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
     let a_node = summary["node_id"].as_str().unwrap().to_string();
@@ -591,18 +571,10 @@ fn pupil_finds_a_classmate_by_mdns() {
     let out = lab.run(
         2,
         "pupil-b",
-        &[
-            "fetch",
-            &root,
-            "--trust",
-            key,
-            "--bind",
-            &lab.bind(2),
-            "--no-seed",
-            "--json",
-            "--out",
-            lab.home("out-b").to_str().unwrap(),
-        ],
+        &lab.fetch_args(2, &root, key, None, "out-b", false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let b = json(&out);
     same_tree(&lesson, &lab.home("out-b"));
