@@ -102,8 +102,10 @@ impl Announcement {
     }
 
     fn check_limits(&self) -> Result<(), AnnounceError> {
-        if self.title.len() > MAX_TITLE_BYTES {
-            return Err(AnnounceError::Limit("title too long"));
+        if self.title.len() > MAX_TITLE_BYTES || self.title.chars().any(char::is_control) {
+            return Err(AnnounceError::Limit(
+                "title too long or has control characters",
+            ));
         }
         if self.providers.len() > MAX_ANNOUNCED_PROVIDERS {
             return Err(AnnounceError::Limit("too many providers"));
@@ -364,6 +366,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn titles_with_control_characters_are_refused() {
+        let secret = AuthorSecret::generate();
+        let mut a = announcement(&secret, LessonId([4; 16]), 1).announcement;
+        a.title = "Leçon\u{1b}[2J".into();
+        assert!(matches!(
+            SignedAnnouncement::sign(a, &secret),
+            Err(AnnounceError::Limit(_))
+        ));
     }
 
     #[test]

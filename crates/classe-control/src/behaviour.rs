@@ -1,9 +1,6 @@
 //! The libp2p behaviours and their configuration.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    time::Duration,
-};
+use std::time::Duration;
 
 use libp2p::{
     gossipsub, identify, identity::Keypair, kad, mdns, swarm::behaviour::toggle::Toggle,
@@ -64,10 +61,7 @@ impl Behaviour {
             // The same announcement published twice (a restart) is one
             // message.
             .message_id_fn(|m: &gossipsub::Message| {
-                let mut h = DefaultHasher::new();
-                m.topic.hash(&mut h);
-                m.data.hash(&mut h);
-                gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+                gossipsub::MessageId::from(message_id(m.topic.as_str(), &m.data))
             })
             .build()
             .map_err(|e| ControlError::Setup(e.to_string()))?;
@@ -138,4 +132,38 @@ pub(crate) fn is_provider_key(key: &kad::RecordKey) -> bool {
     key.as_ref()
         .strip_prefix(PROVIDER_PREFIX)
         .is_some_and(|rest| rest.len() == 32)
+}
+
+/// A gossip message's id: FNV-1a (128-bit) over topic and data. It only
+/// deduplicates (signatures are checked on every copy), but it must be the
+/// same on every node and every build, which std's hasher does not promise.
+pub(crate) fn message_id(topic: &str, data: &[u8]) -> Vec<u8> {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    for b in topic.as_bytes().iter().chain([0u8].iter()).chain(data) {
+        h ^= u128::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h.to_be_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_stable_and_tell_topic_and_data_apart() {
+        let a = message_id("t", b"data");
+        assert_eq!(a, message_id("t", b"data"));
+        assert_ne!(a, message_id("t", b"datb"));
+        assert_ne!(a, message_id("u", b"data"));
+        // Fixed across builds: FNV-1a 128 of "t\0data".
+        assert_eq!(
+            a,
+            data_encoding::HEXLOWER
+                .decode(b"d59073b3cc3c64bf6f3d7a54c1a4a791")
+                .unwrap()
+        );
+    }
 }
