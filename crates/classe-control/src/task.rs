@@ -34,6 +34,8 @@ const MAX_KNOWN_PEERS: usize = 2048;
 const MAX_PENDING: usize = 64;
 /// Most providers one lookup dials or returns.
 const MAX_PROVIDERS_PER_LOOKUP: usize = 20;
+/// How often catch-up records we hold announcements for are written again.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(10 * 60);
 /// How long an announcement is retried while nobody subscribes.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 /// How long to wait for the TCP listener to report its addresses.
@@ -78,6 +80,7 @@ struct State {
     connections: usize,
     catch_up_every: Duration,
     last_catch_up: Option<Instant>,
+    last_republish: Option<Instant>,
 }
 
 pub(crate) async fn spawn(
@@ -165,6 +168,7 @@ pub(crate) async fn spawn(
         connections: 0,
         catch_up_every: config.catch_up_every,
         last_catch_up: None,
+        last_republish: None,
     };
     for author in config.follow {
         state.follow(author);
@@ -432,10 +436,23 @@ impl State {
         for a in authors {
             self.catch_up_one(a);
         }
-        // Keep our own records alive on peers that joined since.
-        let own: Vec<AuthorKey> = self.own.iter().copied().collect();
-        for a in own {
-            self.put_record(a);
+        // Write the catch-up records we can vouch for (our own, and the
+        // followed authors' we hold announcements of) again now and then:
+        // they reach peers that joined since, and a record lives 24 h from
+        // its last write, so a seed keeps a teacher's alive after the
+        // teacher is gone.
+        let due = self
+            .last_republish
+            .is_none_or(|t| t.elapsed() >= REPUBLISH_EVERY);
+        if due {
+            self.last_republish = Some(Instant::now());
+            let mut authors: Vec<AuthorKey> = self.own.iter().copied().collect();
+            authors.extend(self.follow.iter().copied());
+            authors.sort();
+            authors.dedup();
+            for a in authors {
+                self.put_record(a);
+            }
         }
     }
 
