@@ -183,6 +183,43 @@ impl Lab {
         }
     }
 
+    /// The author key of `home` (made on first use).
+    fn author_key(&self, host: usize, home: &str) -> String {
+        let out = self.run(host, home, &["id"]);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// `classe seed --listen <host's address> --no-mdns` and `extra`; the
+    /// process and the first bootstrap address it printed.
+    fn seed(&self, host: usize, home: &str, extra: &[&str]) -> (Running, String) {
+        let listen = self.listen(host);
+        let mut args = vec!["seed", "--listen", &listen, "--no-mdns"];
+        args.extend_from_slice(extra);
+        let seed = self.spawn(host, home, &args);
+        let bootstrap = seed.line();
+        (seed, bootstrap)
+    }
+
+    /// `classe share LESSON --bind <host's address>`, with `--bootstrap B
+    /// --no-mdns` when a bootstrap is given; the process and its ticket.
+    fn share(
+        &self,
+        host: usize,
+        home: &str,
+        lesson: &Path,
+        bootstrap: Option<&str>,
+    ) -> (Running, String) {
+        let bind = self.bind(host);
+        let mut args = vec!["share", lesson.to_str().unwrap(), "--bind", &bind];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b, "--no-mdns"]);
+        }
+        let sharer = self.spawn(host, home, &args);
+        let ticket = sharer.line();
+        (sharer, ticket)
+    }
+
     /// `fetch WHAT --trust KEY --bind IP:0 --json --out <dir>/<out>`, with
     /// `--bootstrap ADDR --no-mdns` when a bootstrap is given (the DHT
     /// tests keep mDNS out of the way) and `--no-seed` unless the pupil
@@ -350,42 +387,17 @@ fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
     };
     let lesson = lab.dir.path().join("lesson");
     make_lesson(&lesson, lesson_mb(), "1");
-    let teacher_key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
-    let teacher_key = teacher_key.trim();
+    let teacher_key = lab.author_key(1, "teacher");
+    let teacher_key = teacher_key.as_str();
 
-    let seed = lab.spawn(
-        0,
-        "seed",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(0),
-            "--follow",
-            teacher_key,
-            "--no-mdns",
-        ],
-    );
-    let bootstrap = seed.line();
+    let (seed, bootstrap) = lab.seed(0, "seed", &["--follow", teacher_key]);
     assert!(
         bootstrap.starts_with('/') && bootstrap.contains("/p2p/"),
         "{bootstrap}"
     );
 
     let shared_at = Instant::now();
-    let teacher = lab.spawn(
-        1,
-        "teacher",
-        &[
-            "share",
-            lesson.to_str().unwrap(),
-            "--bind",
-            &lab.bind(1),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-        ],
-    );
-    let ticket = teacher.line();
+    let (teacher, ticket) = lab.share(1, "teacher", &lesson, Some(&bootstrap));
     let (mirrored, _) = seed.event("mirrored");
     let mirror_secs = shared_at.elapsed().as_secs_f64();
     println!(
@@ -400,19 +412,8 @@ fn seed_mirrors_and_pupils_fetch_by_ticket_and_by_root() {
     // The seed restarts: same identity (same bootstrap address), same
     // content, served and provided again without the teacher.
     seed.stop();
-    let seed = lab.spawn(
-        0,
-        "seed",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(0),
-            "--follow",
-            teacher_key,
-            "--no-mdns",
-        ],
-    );
-    assert_eq!(seed.line(), bootstrap, "the seed kept its identity");
+    let (seed, again) = lab.seed(0, "seed", &["--follow", teacher_key]);
+    assert_eq!(again, bootstrap, "the seed kept its identity");
 
     // By ticket: the ticket's only provider is gone; the seed has it.
     let out = lab.run(
@@ -461,45 +462,15 @@ fn pupil_finds_a_classmate_through_the_dht() {
     };
     let lesson = lab.dir.path().join("lesson");
     make_lesson(&lesson, lesson_mb(), "2");
-    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
-    let key = key.trim();
+    let key = lab.author_key(1, "teacher");
+    let key = key.as_str();
     // The seed follows nobody: it is only the bootstrap here.
-    let seed = lab.spawn(
-        0,
-        "seed",
-        &["seed", "--listen", &lab.listen(0), "--no-mdns"],
-    );
-    let bootstrap = seed.line();
+    let (seed, bootstrap) = lab.seed(0, "seed", &[]);
     // Another pupil's always-on node (an inbox following nobody yet): a
     // DHT node that stays.
-    let other = lab.spawn(
-        3,
-        "pupil-c",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(3),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-        ],
-    );
-    let other_addr = other.line();
+    let (other, other_addr) = lab.seed(3, "pupil-c", &["--bootstrap", &bootstrap]);
 
-    let teacher = lab.spawn(
-        1,
-        "teacher",
-        &[
-            "share",
-            lesson.to_str().unwrap(),
-            "--bind",
-            &lab.bind(1),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-        ],
-    );
-    let ticket = teacher.line();
+    let (teacher, ticket) = lab.share(1, "teacher", &lesson, Some(&bootstrap));
     // Pupil A fetches and keeps seeding.
     let a = lab.spawn(
         2,
@@ -547,14 +518,9 @@ fn pupil_finds_a_classmate_by_mdns() {
     let Some(lab) = Lab::new(3, true) else { return };
     let lesson = lab.dir.path().join("lesson");
     make_lesson(&lesson, lesson_mb(), "3");
-    let key = String::from_utf8(lab.run(0, "teacher", &["id"]).stdout).unwrap();
-    let key = key.trim();
-    let teacher = lab.spawn(
-        0,
-        "teacher",
-        &["share", lesson.to_str().unwrap(), "--bind", &lab.bind(0)],
-    );
-    let ticket = teacher.line();
+    let key = lab.author_key(0, "teacher");
+    let key = key.as_str();
+    let (teacher, ticket) = lab.share(0, "teacher", &lesson, None);
     let a = lab.spawn(
         1,
         "pupil-a",
@@ -593,37 +559,12 @@ fn follower_catches_up_and_ignores_an_older_version() {
     };
     let lesson = lab.dir.path().join("lesson");
     make_lesson(&lesson, 1, "4");
-    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
-    let key = key.trim();
-    let seed = lab.spawn(
-        0,
-        "seed",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(0),
-            "--follow",
-            key,
-            "--no-mdns",
-        ],
-    );
-    let bootstrap = seed.line();
+    let key = lab.author_key(1, "teacher");
+    let key = key.as_str();
+    let (seed, bootstrap) = lab.seed(0, "seed", &["--follow", key]);
     let share = |tag: &str| {
         std::fs::write(lesson.join("docs/lisez-moi.txt"), format!("Leçon {tag}\n")).unwrap();
-        let t = lab.spawn(
-            1,
-            "teacher",
-            &[
-                "share",
-                lesson.to_str().unwrap(),
-                "--bind",
-                &lab.bind(1),
-                "--bootstrap",
-                &bootstrap,
-                "--no-mdns",
-            ],
-        );
-        let _ticket = t.line();
+        let (t, _ticket) = lab.share(1, "teacher", &lesson, Some(&bootstrap));
         let (m, _) = seed.event("mirrored");
         t.stop();
         m
@@ -639,21 +580,11 @@ fn follower_catches_up_and_ignores_an_older_version() {
     let follow = lab.run(2, "follower", &["follow", key]);
     assert!(follow.status.success());
     let inbox = lab.home("inbox");
-    let follower = lab.spawn(
+    let (follower, _addr) = lab.seed(
         2,
         "follower",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(2),
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--out",
-            inbox.to_str().unwrap(),
-        ],
+        &["--bootstrap", &bootstrap, "--out", inbox.to_str().unwrap()],
     );
-    let _addr = follower.line();
     let (got, skipped) = follower.event("mirrored");
     assert_eq!(got["version"], 2, "caught up to the latest version");
     assert!(skipped.iter().all(|e| e["event"] != "mirrored"));
@@ -714,24 +645,14 @@ fn forged_announcements_trigger_no_download() {
     let Some(lab) = Lab::new(3, false) else {
         return;
     };
-    let key = String::from_utf8(lab.run(1, "teacher", &["id"]).stdout).unwrap();
-    let key = key.trim();
+    let key = lab.author_key(1, "teacher");
+    let key = key.as_str();
     let stats = lab.home("seed-stats.json");
-    let seed = lab.spawn(
+    let (seed, bootstrap) = lab.seed(
         0,
         "seed",
-        &[
-            "seed",
-            "--listen",
-            &lab.listen(0),
-            "--follow",
-            key,
-            "--no-mdns",
-            "--stats",
-            stats.to_str().unwrap(),
-        ],
+        &["--follow", key, "--stats", stats.to_str().unwrap()],
     );
-    let bootstrap = seed.line();
     let out = lab_adversary(&lab, 2, &bootstrap, &["--forge-as", key]);
     assert!(
         out.status.success(),
