@@ -205,11 +205,13 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
             Some(ev) = control_events.recv() => match ev {
                 ControlEvent::Announced { announcement, via } => {
                     tracing::info!(via, "announcement");
-                    if let Ok(mut b) = newest.lock() {
+                    // The book holds everything the file held and more:
+                    // write it whole.
+                    let all: Vec<SignedAnnouncement> = {
+                        let mut b = newest.lock().unwrap_or_else(|p| p.into_inner());
                         b.offer(announcement.clone());
-                    }
-                    let mut all = home.announcements();
-                    all.push(announcement.clone());
+                        b.all().cloned().collect()
+                    };
                     if let Err(e) = home.save_announcements(&all) {
                         tracing::warn!("cannot keep the announcement: {e}");
                     }

@@ -49,7 +49,7 @@ struct PeerInfo {
 }
 
 struct Lookup {
-    reply: Option<oneshot::Sender<Vec<ProviderInfo>>>,
+    reply: oneshot::Sender<Vec<ProviderInfo>>,
     deadline: Instant,
     query_done: bool,
     waiting: HashSet<PeerId>,
@@ -321,7 +321,7 @@ impl State {
                 self.lookups.insert(
                     id,
                     Lookup {
-                        reply: Some(reply),
+                        reply,
                         deadline: Instant::now() + within,
                         query_done: false,
                         waiting: HashSet::new(),
@@ -479,16 +479,17 @@ impl State {
     }
 
     fn finish_lookup(&mut self, id: kad::QueryId) {
-        if let Some(mut lookup) = self.lookups.remove(&id) {
-            if let Some(reply) = lookup.reply.take() {
-                reply.send(std::mem::take(&mut lookup.found)).ok();
-            }
+        if let Some(lookup) = self.lookups.remove(&id) {
+            lookup.reply.send(lookup.found).ok();
             if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 q.finish();
             }
             for peer in lookup.waiting {
                 if let Some(ids) = self.awaiting.get_mut(&peer) {
                     ids.retain(|q| *q != id);
+                    if ids.is_empty() {
+                        self.awaiting.remove(&peer);
+                    }
                 }
             }
         }

@@ -661,13 +661,10 @@ async fn request_run(
     let mut stream = std::pin::pin!(progress.stream());
     let mut last = 0u64;
     let mut reported = 0u64;
-    // Pieces not reported yet, and the byte count (from `start`) at which
-    // each is whole.
-    let mut pending = run
-        .pieces
-        .iter()
-        .map(|(id, (offset, len))| (*id, offset + len - start))
-        .collect::<std::collections::VecDeque<_>>();
+    // Pieces not reported yet, with their (offset, len) in the blob.
+    let mut pending = std::collections::VecDeque::from(run.pieces);
+    // Whole once `n` bytes from `start` have arrived.
+    let whole_at = |(offset, len): (u64, u64)| offset + len - start;
     let result = loop {
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
@@ -693,7 +690,11 @@ async fn request_run(
                 }
                 // The last piece waits for the end of the request and the
                 // store check below.
-                while pending.len() > 1 && pending.front().is_some_and(|(_, at)| *at <= n) {
+                while pending.len() > 1
+                    && pending
+                        .front()
+                        .is_some_and(|(_, span)| whole_at(*span) <= n)
+                {
                     if let Some((id, _)) = pending.pop_front() {
                         tx.send(DriverEvent::PieceDone(peer, id, Ok(()))).await.ok();
                     }
@@ -743,14 +744,13 @@ async fn request_run(
     // piece it carried: the first piece takes the real reason, the others
     // are only steered to other peers first.
     let mut first = true;
-    for (id, at) in pending {
+    for (id, (offset, len)) in pending {
         let outcome = match (&result, &bitfield) {
             (Err(Outcome::Fail(_, detail)), _) if !first => {
                 Err(Outcome::Fail(FailReason::Refused, detail.clone()))
             }
             (Ok(()), Some(have)) => {
-                let piece = ChunkRanges::bytes(start + at - piece_len(&run, id)..start + at);
-                if covers(have, &piece) {
+                if covers(have, &ChunkRanges::bytes(offset..offset + len)) {
                     Ok(())
                 } else {
                     Err(Outcome::Fail(FailReason::Error, "piece incomplete".into()))
@@ -765,11 +765,4 @@ async fn request_run(
             .await
             .ok();
     }
-}
-
-fn piece_len(run: &Run, id: PieceId) -> u64 {
-    run.pieces
-        .iter()
-        .find(|(p, _)| *p == id)
-        .map_or(0, |(_, (_, len))| *len)
 }
