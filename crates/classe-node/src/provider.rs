@@ -243,9 +243,11 @@ async fn run(
                         return;
                     }
                     let aborted = count_transfer(msg.rx, &traffic, &peer, hash, &cancel).await;
-                    if aborted {
-                        if let Some((root, pieces)) = piece {
+                    if let Some((root, pieces)) = piece {
+                        if aborted {
                             registry.undo_piece(root, pieces);
+                        } else {
+                            registry.sent_piece(root, pieces);
                         }
                     }
                     queue.queued_bytes.fetch_sub(bytes, Relaxed);

@@ -153,8 +153,9 @@ impl BundleLayout {
 struct RootState {
     layout: Option<Arc<BundleLayout>>,
     have: BitSet,
-    /// Set once we hold the whole bundle: the seed's send-once rule.
-    policy: Option<classe_swarm::SeedPolicy>,
+    /// Set once we hold the whole bundle: the seed's send-once rule, and
+    /// when it started (its clock).
+    policy: Option<(classe_swarm::SeedPolicy, std::time::Instant)>,
     peers: VecDeque<ProviderInfo>,
     subscribers: Vec<(iroh::EndpointId, mpsc::Sender<ServerMsg>)>,
 }
@@ -172,7 +173,10 @@ impl RootState {
 
     fn check_complete(&mut self) {
         if self.policy.is_none() && self.layout.is_some() && self.have.is_full() {
-            self.policy = Some(classe_swarm::SeedPolicy::new(self.have.len(), 0));
+            self.policy = Some((
+                classe_swarm::SeedPolicy::new(self.have.len()),
+                std::time::Instant::now(),
+            ));
         }
     }
 
@@ -224,15 +228,18 @@ impl Registry {
         request: &iroh_blobs::protocol::GetRequest,
     ) -> Option<Option<(Hash, std::ops::RangeInclusive<PieceId>)>> {
         if !request.ranges.is_blob() {
+            tracing::debug!(?request, "seed policy: not a blob request");
             return None;
         }
         let ranges = request.ranges.iter().next()?;
         let mut iter = ranges.iter();
         let first = iter.next()?;
         if iter.next().is_some() {
+            tracing::debug!(?request, "seed policy: several ranges");
             return None;
         }
         let range_collections::range_set::RangeSetRange::Range(r) = first else {
+            tracing::debug!(?request, "seed policy: open range");
             return None;
         };
         let (start, end) = (r.start.0 * 1024, r.end.0 * 1024);
@@ -253,6 +260,7 @@ impl Registry {
                 .filter(|(_, tx)| !tx.is_closed())
                 .count();
             if live <= 1 {
+                tracing::debug!(live, "seed policy: no rule");
                 return None;
             }
             let first = layout.layout.piece_at(file, start)?;
@@ -260,11 +268,15 @@ impl Registry {
                 .layout
                 .piece_at(file, end.saturating_sub(1))
                 .unwrap_or(first);
-            return Some(
-                policy
-                    .admit_run(first..=last)
-                    .then_some((*root, first..=last)),
+            let admitted = policy.0.admit_run(first..=last, policy.1.elapsed());
+            tracing::debug!(
+                first,
+                last,
+                admitted,
+                min = policy.0.min_sent(),
+                "seed policy"
             );
+            return Some(admitted.then_some((*root, first..=last)));
         }
         None
     }
@@ -272,10 +284,17 @@ impl Registry {
     /// Admitted pieces were not sent after all.
     pub fn undo_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
         self.with(root, |s| {
-            if let Some(policy) = &mut s.policy {
-                for piece in pieces {
-                    policy.undo(piece);
-                }
+            if let Some((policy, _)) = &mut s.policy {
+                policy.undo(pieces);
+            }
+        });
+    }
+
+    /// Admitted pieces have been sent.
+    pub fn sent_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
+        self.with(root, |s| {
+            if let Some((policy, started)) = &mut s.policy {
+                policy.finished(pieces, started.elapsed());
             }
         });
     }

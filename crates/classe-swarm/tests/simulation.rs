@@ -73,7 +73,7 @@ fn simulate_with_churn(
         s.handle(Duration::ZERO, Event::HaveAll(0));
         sched.push(Some(s));
     }
-    let mut policy = SeedPolicy::new(pieces, 0);
+    let mut policy = SeedPolicy::new(pieces);
     let mut transfers: Vec<Transfer> = Vec::new();
     let mut refusals: Vec<(usize, usize, u32, FailReason)> = Vec::new();
     // Poll a pupil when something happened to it, and every 100 ms for
@@ -97,6 +97,9 @@ fn simulate_with_churn(
             for &gone in leaving {
                 sched[gone] = None;
                 done_at[gone] = Some(f64::NAN);
+                for t in transfers.iter().filter(|t| t.from == 0 && t.to == gone) {
+                    policy.undo(t.piece..=t.piece);
+                }
                 transfers.retain(|t| t.from != gone && t.to != gone);
                 for j in 1..=n {
                     if let Some(other) = sched[j].as_mut() {
@@ -136,7 +139,7 @@ fn simulate_with_churn(
                         if busy {
                             refused_total += 1;
                             refusals.push((i, from, piece, FailReason::Busy));
-                        } else if from == 0 && !policy.admit(piece) {
+                        } else if from == 0 && !policy.admit(piece, now) {
                             refused_total += 1;
                             refusals.push((i, from, piece, FailReason::Refused));
                         } else {
@@ -149,6 +152,13 @@ fn simulate_with_churn(
                         }
                     }
                     Action::Cancel(from, piece) => {
+                        if from == 0
+                            && transfers
+                                .iter()
+                                .any(|t| t.from == 0 && t.to == i && t.piece == piece)
+                        {
+                            policy.undo(piece..=piece);
+                        }
                         transfers.retain(|t| !(t.from == from && t.to == i && t.piece == piece));
                     }
                     Action::DropPeer(from, why) => panic!("pupil {i} dropped {from}: {why}"),
@@ -205,6 +215,9 @@ fn simulate_with_churn(
         let now = Duration::from_secs_f64((step + 1) as f64 * dt);
         for k in finished.into_iter().rev() {
             let t = transfers.remove(k);
+            if t.from == 0 {
+                policy.finished(t.piece..=t.piece, now);
+            }
             let Some(s) = sched[t.to].as_mut() else {
                 continue;
             };
