@@ -15,18 +15,17 @@ pub struct Config {
     /// peer gets something to share quickly, and peers starting together
     /// do not all chase the same rare piece.
     pub random_first: PieceId,
-    /// Fewest requests kept in flight per peer.
+    /// Fewest requests kept in flight per peer. One: in a class of 30,
+    /// two per peer meant each pupil kept 58 pieces (15 MB) queued at
+    /// classmates whose uplinks give it ~1 MB/s, every uploader's line
+    /// grew to ~12 s, pieces spread that much later and the endgame
+    /// turned to the teacher (lab: 1.4-1.5 copies from it, 67-71 s; with
+    /// one, 1.00 copies and 58 s). A single total for all peers (at least
+    /// 32 in flight) was tried too: 62-66 s, and slow classmates can hold
+    /// its slots for minutes.
     pub min_pipeline: usize,
     /// Most requests kept in flight per peer.
     pub max_pipeline: usize,
-    /// Fewest requests kept in flight over all peers together. Beyond it,
-    /// the total follows the measured download rate (twice
-    /// `pipeline_time` of it). Without a total, every peer's
-    /// `min_pipeline` adds up: in a class of 30 a pupil kept 58 pieces
-    /// (15 MB) queued at classmates whose uplinks give it ~1 MB/s, every
-    /// uploader's line grew to ~12 s, pieces spread that much later and
-    /// the endgame turned to the teacher (lab: 1.5 copies from it).
-    pub min_in_flight: usize,
     /// Keep this much of a peer's measured rate in flight, so its link
     /// never idles between requests.
     pub pipeline_time: Duration,
@@ -52,9 +51,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             random_first: 4,
-            min_pipeline: 2,
+            min_pipeline: 1,
             max_pipeline: 32,
-            min_in_flight: 32,
             pipeline_time: Duration::from_millis(500),
             // Stalls are the driver's to detect (no bytes for a while); this
             // is the backstop for a peer that trickles.
@@ -277,19 +275,13 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
                 .map(|(k, _)| k.clone())
                 .collect();
             self.shuffle(&mut order);
-            let budget = self.in_flight_budget();
-            let mut total: usize = self.peers.values().map(|p| p.in_flight.len()).sum();
             // Round-robin one request per peer per pass, so that when pieces
             // are scarce every peer gets a share. A peer that gets nothing
             // in a pass will get nothing later in this poll either.
             while !order.is_empty() {
                 let mut next_round = Vec::with_capacity(order.len());
                 for p in order {
-                    if total >= budget {
-                        break;
-                    }
                     if self.fill_one(now, &p) {
-                        total += 1;
                         next_round.push(p);
                     }
                 }
@@ -438,17 +430,6 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
             self.actions.push(Action::Cancel(p.clone(), piece));
             self.failed(now, &p, piece, FailReason::Timeout);
         }
-    }
-
-    /// Most requests in flight over all peers: twice `pipeline_time` of
-    /// the download rate measured over all peers, at least
-    /// `min_in_flight`.
-    fn in_flight_budget(&self) -> usize {
-        let rate: f64 = self.peers.values().filter_map(|p| p.rate).sum();
-        let by_rate = (rate * 2.0 * self.config.pipeline_time.as_secs_f64()
-            / self.layout.piece_size() as f64)
-            .ceil() as usize;
-        by_rate.max(self.config.min_in_flight)
     }
 
     fn pipeline(&self, peer: &Peer) -> usize {

@@ -333,27 +333,3 @@ proptest! {
         prop_assert!(s.is_complete());
     }
 }
-
-#[test]
-fn many_peers_share_one_budget_of_requests() {
-    // Thirty classmates with every piece: each could take min_pipeline
-    // requests, but the total stays at min_in_flight until rates are
-    // known, so no classmate's line fills with our requests.
-    let config = Config::default();
-    let mut s = Scheduler::new(layout(400), BitSet::new(400), config.clone(), 7);
-    for p in 1..=30 {
-        s.handle(ms(0), Event::PeerJoined(p));
-        s.handle(ms(0), Event::Have(p, 0));
-        for i in 1..400 {
-            s.handle(ms(0), Event::Have(p, i));
-        }
-    }
-    let first = requests(&s.poll(ms(0)));
-    assert_eq!(first.len(), config.min_in_flight);
-    assert!(first.len() < 30 * config.min_pipeline);
-    assert!(requests(&s.poll(ms(1))).is_empty(), "the budget is spent");
-    // One piece arrives: one request may replace it.
-    let (peer, piece) = first[0];
-    s.handle(ms(200), Event::Received(peer, piece));
-    assert_eq!(requests(&s.poll(ms(200))).len(), 1);
-}
