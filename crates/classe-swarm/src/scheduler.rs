@@ -118,6 +118,13 @@ pub enum Action<P> {
 #[derive(Debug)]
 struct Peer {
     has: BitSet,
+    /// It had every piece when we first heard what it has: the teacher or
+    /// a school seed, whose uplink the class spares. A classmate who
+    /// finished while we watched is not one: its uplink is as free as
+    /// anyone's. (Treating finished pupils as seeds sent slow pupils to
+    /// each other's 1 Mbit/s uplinks while twenty finished classmates sat
+    /// idle: lab, a third of the class slow, 307 s.)
+    seed: bool,
     /// piece → when it was requested
     in_flight: BTreeMap<PieceId, Duration>,
     /// Measured delivery rate, bytes per second.
@@ -226,6 +233,7 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
                         p,
                         Peer {
                             has: BitSet::new(self.layout.piece_count()),
+                            seed: false,
                             in_flight: BTreeMap::new(),
                             rate: None,
                             recent: std::collections::VecDeque::new(),
@@ -317,6 +325,11 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
                 (true, false) => self.availability[i as usize] -= 1,
                 _ => {}
             }
+        }
+        if peer.has.count() == 0 {
+            peer.seed = set.is_full();
+        } else if !set.is_full() {
+            peer.seed = false;
         }
         peer.has = set;
     }
@@ -477,8 +490,12 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
         // only for pieces no other peer has: classmates carry the rest, and
         // the seed's uplink, usually the scarcest, sends each piece about
         // once. Endgame lifts this.
-        let full_peers = self.peers.values().filter(|p| p.has.is_full()).count() as u32;
-        let seed_only = peer.has.is_full();
+        let full_peers = self
+            .peers
+            .values()
+            .filter(|p| p.seed && p.has.is_full())
+            .count() as u32;
+        let seed_only = peer.seed && peer.has.is_full();
         let alone = self.peers.len() == 1;
         // Normal mode: pieces nobody is fetching yet.
         let mut best: Option<(u32, PieceId)> = None;

@@ -333,3 +333,32 @@ proptest! {
         prop_assert!(s.is_complete());
     }
 }
+
+#[test]
+fn a_classmate_who_finished_is_not_spared_like_the_teacher() {
+    let mut s = sched(10);
+    // Peer 1 had everything when we met it: the teacher.
+    s.handle(ms(0), Event::PeerJoined(1));
+    s.handle(ms(0), Event::HaveAll(1));
+    // Peer 2 finished while we watched, piece by piece.
+    s.handle(ms(0), Event::PeerJoined(2));
+    for i in 0..10 {
+        s.handle(ms(0), Event::Have(2, i));
+    }
+    let asked = requests(&s.poll(ms(1)));
+    assert!(
+        asked.iter().all(|(p, _)| *p == 2),
+        "the teacher is asked only for what no classmate has: {asked:?}"
+    );
+    assert!(!asked.is_empty());
+    // A peer whose first word is "everything" (met after it finished)
+    // counts as a seed.
+    let mut late = sched(10);
+    late.handle(ms(0), Event::PeerJoined(1));
+    late.handle(ms(0), Event::HaveAll(1));
+    late.handle(ms(0), Event::PeerJoined(3));
+    late.handle(ms(0), Event::Have(3, 4));
+    let asked = requests(&late.poll(ms(1)));
+    assert!(asked.contains(&(3, 4)));
+    assert!(!asked.contains(&(1, 4)), "piece 4 is at a classmate");
+}
