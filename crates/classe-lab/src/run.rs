@@ -353,11 +353,18 @@ pub fn rfc3339(secs: u64) -> String {
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = all[all.len().saturating_sub(lines)..].join(" | ");
-    if tail.is_empty() {
-        "(no output)".into()
-    } else {
-        tail
+    let from = all.len().saturating_sub(lines);
+    let tail = all[from..].join(" | ");
+    // The first panic says what went wrong; a second one (a panic while
+    // unwinding) is often all the tail shows.
+    let first_panic = all[..from]
+        .iter()
+        .position(|l| l.contains("panicked at"))
+        .map(|i| all[i..(i + 2).min(from)].join(" | "));
+    match (first_panic, tail.is_empty()) {
+        (Some(panic), _) => format!("{panic} | … | {tail}"),
+        (None, true) => "(no output)".into(),
+        (None, false) => tail,
     }
 }
 
@@ -1170,6 +1177,25 @@ pub fn uses_classe(s: &Scenario) -> bool {
 mod tests {
     use super::*;
     use classe_bundle::AuthorSecret;
+
+    #[test]
+    fn a_failure_report_keeps_the_first_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.txt");
+        std::fs::write(
+            &log,
+            "starting\nthread 'w' panicked at src/x.rs:1:2:\nindex out of bounds\nnoise\nmore noise\nthread 'w' panicked at core:\npanic in a destructor during cleanup\naborting\n",
+        )
+        .unwrap();
+        let report = log_tail(&log, 3);
+        assert!(
+            report.starts_with("thread 'w' panicked at src/x.rs:1:2: | index out of bounds"),
+            "{report}"
+        );
+        assert!(report.ends_with("aborting"), "{report}");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "c | d");
+    }
 
     fn provider(b: u8, port: u16) -> ProviderInfo {
         ProviderInfo {
