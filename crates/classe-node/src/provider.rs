@@ -205,7 +205,7 @@ async fn run(
                 let peer = peer_of(&peers, msg.inner.connection_id);
                 let request = &msg.inner.request;
                 let hash = request.hash;
-                // The seed's rule: every piece once before any twice.
+                // The seed's rule: no piece again while on its way or just sent.
                 let piece = registry.admit_piece(request);
                 if piece == Some(None) {
                     msg.tx.send(Err(AbortReason::Permission)).await.ok();

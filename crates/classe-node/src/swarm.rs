@@ -153,7 +153,7 @@ impl BundleLayout {
 struct RootState {
     layout: Option<Arc<BundleLayout>>,
     have: BitSet,
-    /// Set once we hold the whole bundle: the seed's send-once rule, and
+    /// Set once we hold the whole bundle: the seed's resend rule, and
     /// when it started (its clock).
     policy: Option<(classe_swarm::SeedPolicy, std::time::Instant)>,
     peers: VecDeque<ProviderInfo>,
@@ -245,7 +245,7 @@ impl Registry {
         let (start, end) = (r.start.0 * 1024, r.end.0 * 1024);
         let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
         for (root, state) in roots.iter_mut() {
-            let (Some(layout), Some(policy)) = (&state.layout, &mut state.policy) else {
+            let (Some(layout), Some((policy, clock))) = (&state.layout, &mut state.policy) else {
                 continue;
             };
             let Some(&file) = layout.index.get(&request.hash) else {
@@ -268,14 +268,8 @@ impl Registry {
                 .layout
                 .piece_at(file, end.saturating_sub(1))
                 .unwrap_or(first);
-            let admitted = policy.0.admit_run(first..=last, policy.1.elapsed());
-            tracing::debug!(
-                first,
-                last,
-                admitted,
-                min = policy.0.min_sent(),
-                "seed policy"
-            );
+            let admitted = policy.admit_run(first..=last, clock.elapsed());
+            tracing::debug!(first, last, admitted, "seed policy");
             return Some(admitted.then_some((*root, first..=last)));
         }
         None
@@ -293,8 +287,8 @@ impl Registry {
     /// Admitted pieces have been sent.
     pub fn sent_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
         self.with(root, |s| {
-            if let Some((policy, started)) = &mut s.policy {
-                policy.finished(pieces, started.elapsed());
+            if let Some((policy, clock)) = &mut s.policy {
+                policy.finished(pieces, clock.elapsed());
             }
         });
     }

@@ -10,7 +10,8 @@
 //! simulated network in tests, and is deterministic for a given RNG seed.
 //!
 //! [`SeedPolicy`] is the provider side: it lets a seed with a slow uplink
-//! send every piece once before it sends any piece twice.
+//! send each piece about once, refusing a piece that is on its way to
+//! someone or left less than ten seconds ago.
 //!
 //! # Piece size
 //!
