@@ -268,6 +268,14 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     }
     let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
     if args.json {
+        // How each provider's bytes travelled: direct or relayed (QUIC
+        // datagram bytes, overhead included).
+        let all_paths = node.path_bytes();
+        let provider_paths: std::collections::BTreeMap<&String, &classe_node::PathBytes> = report
+            .per_provider
+            .keys()
+            .filter_map(|p| all_paths.get(p).map(|b| (p, b)))
+            .collect();
         let summary = serde_json::json!({
             "root": root.to_hex(),
             "title": manifest.title,
@@ -288,6 +296,11 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
                 serde_json::json!({ "providers": providers, "seconds": seconds })
             }),
             "addrs": node.provider_info().addrs,
+            "relay_url": node.provider_info().relay_url,
+            "first_byte_secs": report.first_byte_secs,
+            // How each provider's bytes travelled: direct or relayed
+            // (QUIC datagram bytes, overhead included).
+            "paths": provider_paths,
         });
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;

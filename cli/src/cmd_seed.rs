@@ -61,7 +61,71 @@ pub struct SeedArgs {
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
     #[command(flatten)]
+    relay: RelayServerArgs,
+    #[command(flatten)]
     net: NetArgs,
+}
+
+/// The school's relay, run inside the seed node.
+#[derive(Debug, Args)]
+pub struct RelayServerArgs {
+    /// Run the school's relay on IP:PORT (TCP for the relay, UDP on the
+    /// same port for address discovery), so pupils and teachers at home
+    /// reach each other through their routers. Prints
+    /// `{"event":"relay","url":...}`; give that URL to `--relay`.
+    #[arg(long, value_name = "IP:PORT")]
+    relay_server: Option<std::net::SocketAddr>,
+    /// Certificate chain (PEM) for an https:// relay. Without it the relay
+    /// is plain http:// (a lab, or a school LAN).
+    #[arg(long, value_name = "FILE", requires = "relay_key")]
+    relay_cert: Option<PathBuf>,
+    /// Private key (PEM) of --relay-cert.
+    #[arg(long, value_name = "FILE", requires = "relay_cert")]
+    relay_key: Option<PathBuf>,
+    /// Host name in the relay's URL (the certificate's name). Default: the
+    /// IP of --relay-server.
+    #[arg(long, value_name = "HOST")]
+    relay_host: Option<String>,
+    /// Most bytes per second the relay accepts from any one node, e.g.
+    /// 2MB/s. Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = crate::rate::parse_rate)]
+    relay_max_rate: Option<u64>,
+}
+
+/// The relay's settings from flags and the config file; None when the seed
+/// runs no relay.
+fn relay_server_config(
+    args: &RelayServerArgs,
+    file: &FileConfig,
+) -> Result<Option<classe_node::RelayServerConfig>, Exit> {
+    let Some(bind) = args.relay_server.or(file.relay_server) else {
+        return Ok(None);
+    };
+    let cert = args.relay_cert.clone().or(file.relay_cert.clone());
+    let key = args.relay_key.clone().or(file.relay_key.clone());
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(Exit::new(
+            USAGE,
+            "relay_cert and relay_key go together: give both, or neither for a plain http:// relay",
+        )),
+    };
+    let rate = match args.relay_max_rate {
+        Some(r) => Some(r),
+        None => file
+            .relay_max_rate
+            .as_deref()
+            .map(crate::rate::parse_rate)
+            .transpose()
+            .map_err(|e| Exit::new(USAGE, format!("relay_max_rate: {e}")))?,
+    };
+    Ok(Some(classe_node::RelayServerConfig {
+        bind,
+        tls,
+        max_rate_per_node: rate.map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+        public_host: args.relay_host.clone().or(file.relay_host.clone()),
+    }))
 }
 
 /// One line of JSON on stdout, flushed.
@@ -112,6 +176,24 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
     if let Some(control) = &mut config.control {
         control.follow = follow.clone();
     }
+    // The relay starts before the node, which then uses it too (unless
+    // told to use another).
+    let relay = match relay_server_config(&args.relay, &file)? {
+        Some(rc) => {
+            let relay = classe_node::RelayServer::spawn(rc).await.map_err(|e| {
+                let code = match e {
+                    classe_node::RelayError::Spawn { .. } => IO,
+                    _ => USAGE,
+                };
+                Exit::new(code, e.to_string())
+            })?;
+            if config.relay_url.is_none() {
+                config.relay_url = Some(relay.url().to_string());
+            }
+            Some(relay)
+        }
+        None => None,
+    };
     let node = Arc::new(home.spawn_node_with(config).await?);
     let Some(control) = node.control().cloned() else {
         return Err(Exit::new(IO, "discovery did not start"));
@@ -142,6 +224,13 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
         stdout
             .flush()
             .map_err(crate::exit::io("cannot write to stdout"))?;
+    }
+    if let Some(relay) = &relay {
+        event(serde_json::json!({"event": "relay", "url": relay.url().to_string()}));
+        eprintln!(
+            "Relay for pupils and teachers at home: --relay {}",
+            relay.url()
+        );
     }
     eprintln!(
         "Seeding {} bundle(s); following {} author(s){}. Press Ctrl-C to stop.",
@@ -271,6 +360,12 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
     let mut stats = ui::stats_json(&node, started);
     if let Ok(c) = serde_json::to_value(control.stats().await) {
         stats["discovery"] = c;
+    }
+    if let Some(relay) = relay {
+        if let Ok(c) = serde_json::to_value(relay.carried()) {
+            stats["relay"] = c;
+        }
+        relay.shutdown().await;
     }
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await,

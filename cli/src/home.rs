@@ -29,6 +29,10 @@ use crate::{
 pub struct FileConfig {
     pub bind: Option<std::net::SocketAddr>,
     pub relay: Option<String>,
+    /// Extra root certificates (PEM file) for an https:// relay.
+    pub relay_ca: Option<PathBuf>,
+    /// Ask the home router for a port mapping; default on.
+    pub port_mapping: Option<bool>,
     pub max_upload: Option<String>,
     pub max_download: Option<String>,
     pub max_peers: Option<usize>,
@@ -45,6 +49,16 @@ pub struct FileConfig {
     pub follow: Vec<String>,
     /// `seed` only: also write each mirrored lesson into this folder.
     pub out: Option<PathBuf>,
+    /// `seed` only: run the school's relay on IP:PORT (TCP and UDP).
+    pub relay_server: Option<std::net::SocketAddr>,
+    /// `seed` only: the relay's certificate chain (PEM), for https://.
+    pub relay_cert: Option<PathBuf>,
+    /// `seed` only: the relay's private key (PEM).
+    pub relay_key: Option<PathBuf>,
+    /// `seed` only: the host name in the relay's URL (default: its IP).
+    pub relay_host: Option<String>,
+    /// `seed` only: most bytes per second the relay takes from one node.
+    pub relay_max_rate: Option<String>,
 }
 
 impl FileConfig {
@@ -201,6 +215,8 @@ impl Home {
             config.bind_addr = bind;
         }
         config.relay_url = net.relay.clone().or(file.relay.clone());
+        config.relay_ca = net.relay_ca.clone().or(file.relay_ca.clone());
+        config.port_mapping = !net.no_port_mapping && file.port_mapping.unwrap_or(true);
         let file_rate = |r: &Option<String>| -> Result<Option<u64>, Exit> {
             r.as_deref()
                 .map(rate::parse_rate)
@@ -266,7 +282,7 @@ impl Home {
         classe_node::Node::spawn(store, &key, config)
             .await
             .map_err(|e| match e {
-                classe_node::SpawnError::RelayUrl(_) => Exit::new(USAGE, e.to_string()),
+                classe_node::SpawnError::Relay(_) => Exit::new(USAGE, e.to_string()),
                 classe_node::SpawnError::Bind { .. } | classe_node::SpawnError::Control(_) => {
                     Exit::new(IO, e.to_string())
                 }

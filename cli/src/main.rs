@@ -81,10 +81,19 @@ pub struct NetArgs {
     /// port), or `bind` in config.toml.
     #[arg(long, env = "CLASSE_BIND", value_name = "ADDR")]
     bind: Option<std::net::SocketAddr>,
-    /// A relay server your school runs (https URL). Default: none; peers
-    /// connect directly.
+    /// The relay server your school runs (`classe seed --relay-server`
+    /// prints its URL; http:// or https://). Pupils at home need it to
+    /// reach each other through their routers. Default: `relay` in
+    /// config.toml, else none (direct connections only).
     #[arg(long, env = "CLASSE_RELAY", value_name = "URL")]
     relay: Option<String>,
+    /// Extra root certificates (PEM) to trust for an https:// relay whose
+    /// certificate comes from the school's own authority.
+    #[arg(long, env = "CLASSE_RELAY_CA", value_name = "FILE")]
+    relay_ca: Option<std::path::PathBuf>,
+    /// Do not ask the home router to open a port (UPnP-IGD, NAT-PMP, PCP).
+    #[arg(long, env = "CLASSE_NO_PORT_MAPPING")]
+    no_port_mapping: bool,
     /// Upload cap over all peers, e.g. 2MB/s, 10Mbit/s, 500KiB/s.
     #[arg(long, env = "CLASSE_MAX_UPLOAD", value_name = "RATE", value_parser = rate::parse_rate)]
     max_upload: Option<u64>,

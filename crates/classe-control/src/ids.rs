@@ -52,12 +52,50 @@ pub(crate) fn data_multiaddr(addr: SocketAddr) -> Multiaddr {
         .with(Protocol::QuicV1)
 }
 
+/// `/dns/HOST/tcp/PORT/http` (or `https`): how a node advertises the relay
+/// it is reachable through. `/dns` keeps the libp2p TCP transport (which
+/// has no DNS) from ever dialling it as a discovery address. None for a
+/// URL that is not `http(s)://HOST[:PORT]` with no path.
+pub fn relay_multiaddr(url: &str) -> Option<Multiaddr> {
+    let (scheme, rest) = url.split_once("://")?;
+    let https = match scheme {
+        "http" => false,
+        "https" => true,
+        _ => return None,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let default_port = if https { 443 } else { 80 };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse().ok()?),
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    Some(
+        Multiaddr::empty()
+            .with(Protocol::Dns(host.to_string().into()))
+            .with(Protocol::Tcp(port))
+            .with(if https {
+                Protocol::Https
+            } else {
+                Protocol::Http
+            }),
+    )
+}
+
 /// What an advertised address is.
 pub(crate) enum Parsed {
     /// A discovery (TCP) address.
     Tcp(SocketAddr),
     /// A data-plane (iroh) address.
     Data(SocketAddr),
+    /// The relay URL the node is reachable through.
+    Relay(String),
     /// Something else.
     Other,
 }
@@ -67,6 +105,19 @@ pub(crate) fn parse(addr: &Multiaddr) -> Parsed {
     let ip = match iter.next() {
         Some(Protocol::Ip4(ip)) => IpAddr::V4(ip),
         Some(Protocol::Ip6(ip)) => IpAddr::V6(ip),
+        Some(Protocol::Dns(host)) => {
+            let scheme = match (iter.next(), iter.next(), iter.next()) {
+                (Some(Protocol::Tcp(port)), Some(Protocol::Http), None) => ("http", port),
+                (Some(Protocol::Tcp(port)), Some(Protocol::Https), None) => ("https", port),
+                _ => return Parsed::Other,
+            };
+            let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            return Parsed::Relay(format!("{}://{host}:{}", scheme.0, scheme.1));
+        }
         _ => return Parsed::Other,
     };
     match (iter.next(), iter.next()) {
@@ -94,6 +145,32 @@ pub(crate) fn split_peer(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_urls_round_trip_through_identify_addresses() {
+        for url in [
+            "http://198.18.0.1:3340",
+            "https://relay.college-jean-moulin.fr:443",
+            "http://[2001:db8::1]:3340",
+        ] {
+            let m = relay_multiaddr(url).unwrap();
+            match parse(&m) {
+                Parsed::Relay(back) => assert_eq!(back, url),
+                _ => panic!("{m} did not parse as a relay"),
+            }
+        }
+        let m = relay_multiaddr("https://relay.example/").unwrap();
+        assert!(matches!(parse(&m), Parsed::Relay(u) if u == "https://relay.example:443"));
+        for bad in [
+            "ftp://x:1",
+            "http://x/path",
+            "http://",
+            "http://u@x:1",
+            "nonsense",
+        ] {
+            assert!(relay_multiaddr(bad).is_none(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn node_id_and_peer_id_are_one_key() {

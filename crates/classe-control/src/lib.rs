@@ -66,6 +66,8 @@ pub struct ControlConfig {
     pub mdns: bool,
     /// This node's data-plane (iroh) addresses, advertised to peers.
     pub data_addrs: Vec<SocketAddr>,
+    /// The relay this node is reachable through, advertised beside them.
+    pub relay_url: Option<String>,
     /// Authors whose announcements are accepted.
     pub follow: Vec<AuthorKey>,
     /// Announcements known from an earlier run: the starting book, so a
@@ -86,6 +88,7 @@ impl Default for ControlConfig {
             bootstrap: Vec::new(),
             mdns: true,
             data_addrs: Vec::new(),
+            relay_url: None,
             follow: Vec::new(),
             known: Vec::new(),
             provider_ttl: Duration::from_secs(30 * 60),
@@ -174,6 +177,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<ProviderInfo>>,
     },
     AddPeers(Vec<ProviderInfo>),
+    SetDataAddrs {
+        addrs: Vec<SocketAddr>,
+        relay_url: Option<String>,
+    },
     Follow(AuthorKey),
     Announce(SignedAnnouncement),
     PublishRaw(AuthorKey, Vec<u8>),
@@ -254,6 +261,15 @@ impl Control {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Replaces the data-plane addresses and relay URL this node
+    /// advertises (identify, and so DHT lookups that reach it).
+    pub async fn set_data_addrs(&self, addrs: Vec<SocketAddr>, relay_url: Option<String>) {
+        self.commands
+            .send(Command::SetDataAddrs { addrs, relay_url })
+            .await
+            .ok();
     }
 
     /// Adds nodes named in a ticket or an announcement to the routing table

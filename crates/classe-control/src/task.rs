@@ -45,6 +45,7 @@ const LISTEN_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 struct PeerInfo {
     data_addrs: Vec<SocketAddr>,
+    relay_url: Option<String>,
     tcp_port: Option<u16>,
 }
 
@@ -64,6 +65,8 @@ struct Publication {
 
 struct State {
     swarm: Swarm<Behaviour>,
+    /// Data-plane and relay addresses we advertise (external addresses).
+    advertised: Vec<Multiaddr>,
     local: PeerId,
     events: mpsc::Sender<ControlEvent>,
     counters: Arc<Counters>,
@@ -144,9 +147,6 @@ pub(crate) async fn spawn(
             }
         }
     };
-    for addr in &config.data_addrs {
-        swarm.add_external_address(ids::data_multiaddr(*addr));
-    }
 
     let mut book = Book::default();
     for a in config.known {
@@ -166,10 +166,12 @@ pub(crate) async fn spawn(
         catch_ups: HashSet::new(),
         publications: Vec::new(),
         connections: 0,
+        advertised: Vec::new(),
         catch_up_every: config.catch_up_every,
         last_catch_up: None,
         last_republish: None,
     };
+    state.set_data_addrs(config.data_addrs, config.relay_url);
     for author in config.follow {
         state.follow(author);
     }
@@ -247,6 +249,27 @@ impl State {
         if let Err(e) = result {
             tracing::warn!(%addr, "cannot dial bootstrap node: {e}");
         }
+    }
+
+    /// Replaces the data-plane addresses (and relay) we advertise: the
+    /// endpoint learns its public address and port mapping after start.
+    /// Identify pushes the change to connected peers.
+    fn set_data_addrs(&mut self, addrs: Vec<SocketAddr>, relay_url: Option<String>) {
+        let mut new: Vec<Multiaddr> = addrs
+            .into_iter()
+            .take(classe_bundle::ticket::MAX_ADDRS)
+            .map(ids::data_multiaddr)
+            .collect();
+        new.extend(relay_url.as_deref().and_then(ids::relay_multiaddr));
+        for old in std::mem::take(&mut self.advertised) {
+            if !new.contains(&old) {
+                self.swarm.remove_external_address(&old);
+            }
+        }
+        for a in &new {
+            self.swarm.add_external_address(a.clone());
+        }
+        self.advertised = new;
     }
 
     fn add_peer(&mut self, info: &ProviderInfo) {
@@ -329,6 +352,7 @@ impl State {
                     },
                 );
             }
+            Command::SetDataAddrs { addrs, relay_url } => self.set_data_addrs(addrs, relay_url),
             Command::AddPeers(peers) => {
                 for p in peers.iter().take(64) {
                     self.add_peer(p);
@@ -507,13 +531,13 @@ impl State {
 
     fn provider_info(&self, peer: &PeerId) -> Option<ProviderInfo> {
         let info = self.known_peers.get(peer)?;
-        if info.data_addrs.is_empty() {
+        if info.data_addrs.is_empty() && info.relay_url.is_none() {
             return None;
         }
         Some(ProviderInfo {
             node_id: ids::node_id_of(peer)?,
             addrs: info.data_addrs.clone(),
-            relay_url: None,
+            relay_url: info.relay_url.clone(),
             control_port: info.tcp_port,
         })
     }
@@ -614,6 +638,11 @@ impl State {
                 ids::Parsed::Data(a) => {
                     if known.data_addrs.len() < classe_bundle::ticket::MAX_ADDRS {
                         known.data_addrs.push(a);
+                    }
+                }
+                ids::Parsed::Relay(url) => {
+                    if url.len() <= classe_bundle::ticket::MAX_RELAY_URL {
+                        known.relay_url.get_or_insert(url);
                     }
                 }
                 ids::Parsed::Other => {}

@@ -155,6 +155,8 @@ fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>) -> Vec<Run> 
 /// What the file phase did.
 pub(crate) struct Report {
     pub per_provider: BTreeMap<String, u64>,
+    /// When the first byte from each provider arrived.
+    pub first_byte: BTreeMap<String, Instant>,
     pub received: u64,
 }
 
@@ -218,7 +220,6 @@ impl Node {
         let mut sched: Scheduler<NodeKey> =
             Scheduler::new(layout.layout.clone(), have, Config::default(), seed);
         let (tx, mut rx) = mpsc::channel::<DriverEvent>(EVENT_QUEUE);
-        let me = self.provider_info();
         let mut peers: HashMap<NodeKey, Peer> = HashMap::new();
         let mut connecting: HashSet<NodeKey> = HashSet::new();
         let mut tried: HashSet<NodeKey> = HashSet::new();
@@ -226,18 +227,17 @@ impl Node {
         let mut requests: HashMap<(NodeKey, PieceId), Req> = HashMap::new();
         let mut report = Report {
             per_provider: BTreeMap::new(),
+            first_byte: BTreeMap::new(),
             received: 0,
         };
         let mut done_bytes = done_before;
         let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
         let idle = self.config().idle_timeout;
-        tried.insert(me.node_id);
+        tried.insert(self.id());
 
         for p in providers {
             tried.insert(p.info.node_id);
-            self.add_peer(
-                &mut peers, &mut sched, started, root, &me, p.info, p.conn, &tx,
-            );
+            self.add_peer(&mut peers, &mut sched, started, root, p.info, p.conn, &tx);
         }
         for info in self.swarm_registry().peers(root) {
             backlog.push(info);
@@ -397,7 +397,7 @@ impl Node {
             match event {
                 DriverEvent::Connected(info, Ok(conn)) => {
                     connecting.remove(&info.node_id);
-                    self.add_peer(&mut peers, &mut sched, started, root, &me, info, conn, &tx);
+                    self.add_peer(&mut peers, &mut sched, started, root, info, conn, &tx);
                 }
                 DriverEvent::Connected(info, Err(reason)) => {
                     connecting.remove(&info.node_id);
@@ -449,6 +449,10 @@ impl Node {
                 DriverEvent::Progress(peer, bytes) => {
                     let key = hex(&peer);
                     *report.per_provider.entry(key.clone()).or_default() += bytes;
+                    report
+                        .first_byte
+                        .entry(key.clone())
+                        .or_insert_with(Instant::now);
                     report.received += bytes;
                     self.traffic_handle().add_received(&key, root, bytes);
                     done_bytes += bytes;
@@ -512,7 +516,6 @@ impl Node {
         sched: &mut Scheduler<NodeKey>,
         started: Instant,
         root: Hash,
-        me: &ProviderInfo,
         info: ProviderInfo,
         conn: Connection,
         tx: &mpsc::Sender<DriverEvent>,
@@ -526,7 +529,9 @@ impl Node {
             self.endpoint().clone(),
             info.clone(),
             root,
-            me.clone(),
+            // Our addresses as of now: the public one and a port mapping
+            // may have been learnt since the download started.
+            self.provider_info(),
             self.config().connect_timeout,
             tx.clone(),
         ))

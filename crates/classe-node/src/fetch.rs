@@ -119,6 +119,9 @@ pub struct FetchReport {
     pub received_bytes: u64,
     /// Payload bytes received per provider node id (hex).
     pub per_provider: BTreeMap<String, u64>,
+    /// Seconds from the start of the fetch to the first byte from each
+    /// provider.
+    pub first_byte_secs: BTreeMap<String, f64>,
     /// Wall time of the fetch.
     pub elapsed: Duration,
 }
@@ -200,6 +203,7 @@ impl Node {
         let root = request.root;
         let store = self.store().clone();
         let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first_byte_secs: BTreeMap<String, f64> = BTreeMap::new();
         let mut received = 0u64;
 
         // Ticket providers and the DHT at once; the ticket's nodes also seed
@@ -222,6 +226,7 @@ impl Node {
                 }
                 let (peer, bytes) = self.fetch_manifest(root, &mut providers).await?;
                 *per_provider.entry(peer.clone()).or_default() += bytes;
+                first_byte_secs.insert(peer.clone(), started.elapsed().as_secs_f64());
                 self.traffic_handle().add_received(&peer, root, bytes);
                 received += bytes;
                 store.manifest(root).await?
@@ -319,6 +324,11 @@ impl Node {
             for (peer, bytes) in report.per_provider {
                 *per_provider.entry(peer).or_default() += bytes;
             }
+            for (peer, at) in report.first_byte {
+                first_byte_secs
+                    .entry(peer)
+                    .or_insert_with(|| at.duration_since(started).as_secs_f64());
+            }
             received += report.received;
         }
 
@@ -346,6 +356,7 @@ impl Node {
             already_had_bytes: already,
             received_bytes: received,
             per_provider,
+            first_byte_secs,
             elapsed: started.elapsed(),
         })
     }

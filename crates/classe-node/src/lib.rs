@@ -12,18 +12,26 @@
 //!             '-- Traffic: bytes sent/received per peer and per bundle
 //! ```
 //!
-//! Nothing here reaches the internet: the endpoint has no relays unless a
-//! school relay URL is configured, and no address lookup service. Peers are
-//! dialled at the direct addresses carried in tickets and announcements, or
-//! found through the control plane (`classe-control`: a private DHT, mDNS,
-//! gossip), which shares the node key: one identity for both stacks.
+//! The endpoint never uses n0's relays or address lookup: only the relay a
+//! school runs itself (`relay`), when one is configured. Through it a node
+//! at home learns its public address (QUIC address discovery), is
+//! reachable by classmates behind other home routers (hole punching, with
+//! relayed bytes as the fallback), and its router may map a port for it
+//! (UPnP-IGD / NAT-PMP / PCP: iroh's port mapper). The addresses it learns
+//! go into its tickets, peer exchange and the control plane as they
+//! change. Which way each peer's bytes went is counted (`paths`). Peers
+//! are dialled at the addresses carried in tickets and announcements, or
+//! found through the control plane (`classe-control`: a private DHT,
+//! mDNS, gossip), which shares the node key: one identity for both stacks.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod download;
 mod fetch;
+mod paths;
 mod provider;
+pub mod relay;
 mod swarm;
 mod traffic;
 
@@ -36,12 +44,24 @@ use std::{
 use classe_bundle::{AuthorKey, ProviderInfo, Ticket};
 pub use classe_control::{Control, ControlConfig, ControlEvent};
 use classe_store::Store;
-use iroh::{endpoint::presets, protocol::Router, Endpoint, RelayMode, SecretKey};
+use iroh::{
+    endpoint::{presets, PortmapperConfig},
+    protocol::Router,
+    Endpoint, RelayMode, SecretKey, Watcher,
+};
 use iroh_blobs::{BlobsProtocol, Hash};
 use tokio_util::sync::CancellationToken;
 
 pub use fetch::{FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
+pub use paths::PathBytes;
+pub use relay::{RelayCarried, RelayError, RelayServer, RelayServerConfig};
 pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
+
+/// How long spawning waits for the school relay to answer, so the first
+/// ticket already carries the relay and the public address. A relay that
+/// is down costs this once; the node then goes on with direct addresses
+/// and joins the relay when it comes back.
+const RELAY_WAIT: Duration = Duration::from_secs(4);
 
 /// The longest each step of [`Node::shutdown`] may take.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
@@ -52,8 +72,15 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
 pub struct NodeConfig {
     /// Where to listen for QUIC. Default: all IPv4 interfaces, any port.
     pub bind_addr: SocketAddr,
-    /// A relay the school runs itself. None: direct connections only.
+    /// A relay the school runs itself (`http://` or `https://`). None:
+    /// direct connections only, and no public address is learnt.
     pub relay_url: Option<String>,
+    /// Extra root certificates (a PEM file) trusted for an `https://`
+    /// relay, for a school with its own certificate authority.
+    pub relay_ca: Option<std::path::PathBuf>,
+    /// Ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP).
+    /// Never done when bound to a loopback address.
+    pub port_mapping: bool,
     /// Upload cap in bytes per second, over all peers. None: no cap.
     pub max_upload: Option<u64>,
     /// Download cap in bytes per second. None: no cap.
@@ -75,6 +102,8 @@ impl Default for NodeConfig {
         Self {
             bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             relay_url: None,
+            relay_ca: None,
+            port_mapping: true,
             max_upload: None,
             max_download: None,
             max_connections: 64,
@@ -88,9 +117,9 @@ impl Default for NodeConfig {
 /// Starting a node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The relay URL does not parse.
-    #[error("invalid relay URL {0:?}")]
-    RelayUrl(String),
+    /// The relay URL does not parse, or its CA file cannot be read.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     /// The control plane could not start.
     #[error(transparent)]
     Control(#[from] classe_control::ControlError),
@@ -111,6 +140,7 @@ pub struct Node {
     router: Router,
     store: Store,
     traffic: Arc<Traffic>,
+    paths: paths::Paths,
     registry: Arc<swarm::Registry>,
     config: NodeConfig,
     cancel: CancellationToken,
@@ -126,29 +156,8 @@ impl Node {
         node_key: &[u8; 32],
         config: NodeConfig,
     ) -> Result<Self, SpawnError> {
-        let relay_mode = match &config.relay_url {
-            None => RelayMode::Disabled,
-            Some(url) => {
-                let url: iroh::RelayUrl =
-                    url.parse().map_err(|_| SpawnError::RelayUrl(url.clone()))?;
-                RelayMode::custom([url])
-            }
-        };
-        let bind_err = |reason: String| SpawnError::Bind {
-            addr: config.bind_addr,
-            reason,
-        };
-        // Minimal preset: no n0 relays, no DNS/pkarr address publishing.
-        // The crate is built without the port mapper, so nothing probes the
-        // gateway either.
-        let endpoint = Endpoint::builder(presets::Minimal)
-            .secret_key(SecretKey::from_bytes(node_key))
-            .relay_mode(relay_mode)
-            .bind_addr(config.bind_addr)
-            .map_err(|e| bind_err(e.to_string()))?
-            .bind()
-            .await
-            .map_err(|e| bind_err(e.to_string()))?;
+        let paths = paths::Paths::default();
+        let endpoint = bind_endpoint(node_key, &config, paths.clone()).await?;
         let traffic = Arc::new(Traffic::default());
         let cancel = CancellationToken::new();
         let registry = Arc::new(swarm::Registry::default());
@@ -173,6 +182,7 @@ impl Node {
             router,
             store,
             traffic,
+            paths,
             registry,
             config,
             cancel,
@@ -180,11 +190,17 @@ impl Node {
             control: None,
             control_events: Mutex::new(None),
         };
+        if node.config.relay_url.is_some() {
+            node.wait_for_relay(RELAY_WAIT).await;
+        }
         if let Some(mut control_config) = node.config.control.clone() {
-            control_config.data_addrs = node.provider_info().addrs;
+            let me = node.provider_info();
+            control_config.data_addrs = me.addrs;
+            control_config.relay_url = me.relay_url;
             let (tx, rx) = tokio::sync::mpsc::channel(classe_control::EVENT_QUEUE);
             match Control::spawn(node_key, control_config, tx).await {
                 Ok(control) => {
+                    node.spawn_address_updates(control.clone());
                     node.control = Some(control);
                     node.control_events = Mutex::new(Some(rx));
                 }
@@ -232,26 +248,77 @@ impl Node {
         &self.store
     }
 
-    /// How other nodes reach this one: its id and every direct address it
-    /// listens on. An unspecified bind address (0.0.0.0) is replaced by the
-    /// addresses of the machine's interfaces.
-    pub fn provider_info(&self) -> ProviderInfo {
-        let addr = self.endpoint.addr();
-        let mut addrs: Vec<SocketAddr> = addr.ip_addrs().copied().collect();
-        for bound in self.endpoint.bound_sockets() {
-            if !bound.ip().is_unspecified() && !addrs.contains(&bound) {
-                addrs.push(bound);
+    /// Waits until the endpoint has joined its relay and made a first
+    /// report of its public address, at most `within`. False if it did
+    /// not in time (the relay is down or blocked).
+    pub async fn wait_for_relay(&self, within: Duration) -> bool {
+        let joined = tokio::time::timeout(within, async {
+            self.endpoint.online().await;
+            // The relay connection comes first; the public address a moment
+            // later, when the first report of address discovery is in.
+            let mut watch = self.endpoint.watch_addr();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !watch.get().ip_addrs().any(is_global) {
+                if tokio::time::timeout_at(deadline, watch.updated())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
+        })
+        .await
+        .is_ok();
+        if !joined {
+            tracing::warn!(relay = ?self.config.relay_url, "the relay did not answer in time; going on with direct addresses");
         }
-        addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), *a));
-        addrs.dedup();
-        addrs.truncate(classe_bundle::ticket::MAX_ADDRS);
-        ProviderInfo {
-            node_id: self.id(),
-            addrs,
-            relay_url: self.config.relay_url.clone(),
-            control_port: self.control.as_ref().map(Control::tcp_port),
-        }
+        joined
+    }
+
+    /// Tells the control plane every change of our addresses (a public
+    /// address learnt, a port mapped, the relay joined), so identify and
+    /// the DHT hand out what works now.
+    fn spawn_address_updates(&self, control: Control) {
+        let mut watch = self.endpoint.watch_addr();
+        let endpoint = self.endpoint.clone();
+        let relay = self.config.relay_url.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    changed = watch.updated() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let info = info_of(&endpoint, relay.as_deref());
+                        tracing::debug!(addrs = ?info.addrs, relay = ?info.relay_url, "our addresses changed");
+                        control.set_data_addrs(info.addrs, info.relay_url).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// How other nodes reach this one: its id, every direct address it
+    /// knows (the interfaces', the public one the relay saw, a port mapped
+    /// on the home router) and its relay. An unspecified bind address
+    /// (0.0.0.0) is replaced by the addresses of the machine's interfaces.
+    pub fn provider_info(&self) -> ProviderInfo {
+        let mut info = info_of(&self.endpoint, self.config.relay_url.as_deref());
+        info.control_port = self.control.as_ref().map(Control::tcp_port);
+        info
+    }
+
+    /// Transport bytes per peer, direct and relayed (QUIC datagrams).
+    pub fn path_bytes(&self) -> std::collections::BTreeMap<String, PathBytes> {
+        self.paths.snapshot()
+    }
+
+    /// Whether our connections to `peer` run through the relay now (None:
+    /// not connected).
+    pub fn relayed(&self, peer: &[u8; 32]) -> Option<bool> {
+        self.paths.relayed(peer)
     }
 
     /// A ticket for a bundle this node holds.
@@ -283,7 +350,9 @@ impl Node {
 
     /// Bytes sent and received so far, per peer and per bundle.
     pub fn traffic(&self) -> TrafficSnapshot {
-        self.traffic.snapshot()
+        let mut snapshot = self.traffic.snapshot();
+        snapshot.paths = self.paths.snapshot();
+        snapshot
     }
 
     /// The configuration it runs with.
@@ -324,5 +393,90 @@ impl Node {
 
     pub(crate) fn swarm_registry(&self) -> &Arc<swarm::Registry> {
         &self.registry
+    }
+}
+
+/// Binds the endpoint: the school relay only (or none), its certificate
+/// rule, the port mapper unless bound to loopback or switched off, and the
+/// path counters as a hook on every connection.
+async fn bind_endpoint(
+    node_key: &[u8; 32],
+    config: &NodeConfig,
+    paths: paths::Paths,
+) -> Result<Endpoint, SpawnError> {
+    let bind_err = |reason: String| SpawnError::Bind {
+        addr: config.bind_addr,
+        reason,
+    };
+    // Minimal preset: no n0 relays, no DNS/pkarr address publishing.
+    let mut builder = Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::from_bytes(node_key))
+        .hooks(paths);
+    match &config.relay_url {
+        None => builder = builder.relay_mode(RelayMode::Disabled),
+        Some(url) => {
+            let url = relay::parse_url(url)?;
+            let roots = match &config.relay_ca {
+                Some(path) => relay::read_roots(path)?,
+                None => Vec::new(),
+            };
+            builder = builder
+                .relay_mode(relay::client_mode(&url))
+                .ca_tls_config(relay::client_tls(&url, roots))
+                // The captive-portal probe needs the relay's plain HTTP
+                // port, which a TLS relay here does not publish; the
+                // latency probes over HTTPS stay (they find the relay
+                // where UDP is blocked).
+                .net_report_config({
+                    let mut c = iroh::endpoint::NetReportConfig::default();
+                    c.captive_portal_check = false;
+                    c
+                });
+        }
+    }
+    // A node bound to loopback has no router to ask; on a shared machine
+    // (tests, the demo) probing the gateway would also send traffic off it.
+    if !config.port_mapping || config.bind_addr.ip().is_loopback() {
+        builder = builder.portmapper_config(PortmapperConfig::Disabled);
+    }
+    builder
+        .bind_addr(config.bind_addr)
+        .map_err(|e| bind_err(e.to_string()))?
+        .bind()
+        .await
+        .map_err(|e| bind_err(e.to_string()))
+}
+
+/// Our id, direct addresses and relay as the endpoint knows them now.
+fn info_of(endpoint: &Endpoint, relay_url: Option<&str>) -> ProviderInfo {
+    let addr = endpoint.addr();
+    let mut addrs: Vec<SocketAddr> = addr.ip_addrs().copied().collect();
+    for bound in endpoint.bound_sockets() {
+        if !bound.ip().is_unspecified() && !addrs.contains(&bound) {
+            addrs.push(bound);
+        }
+    }
+    // Addresses that work from anywhere first (public, port-mapped), then
+    // the LAN's, loopback last: a ticket keeps only the first 16.
+    addrs.sort_by_key(|a| (a.ip().is_loopback(), !is_global(a), a.is_ipv6(), *a));
+    addrs.dedup();
+    addrs.truncate(classe_bundle::ticket::MAX_ADDRS);
+    ProviderInfo {
+        node_id: *endpoint.id().as_bytes(),
+        addrs,
+        relay_url: relay_url.map(str::to_string),
+        control_port: None,
+    }
+}
+
+/// Not a private, link-local or loopback address.
+fn is_global(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => !(ip.is_private() || ip.is_link_local() || ip.is_loopback()),
+        std::net::IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            // fc00::/7 unique local, fe80::/10 link local.
+            !(ip.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80)
+        }
     }
 }

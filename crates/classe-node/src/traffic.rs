@@ -28,6 +28,9 @@ pub struct TrafficSnapshot {
     pub peers: BTreeMap<String, PeerTraffic>,
     /// Per bundle root (hex).
     pub bundles: BTreeMap<String, PeerTraffic>,
+    /// Transport bytes per peer node id (hex), direct and through the
+    /// relay (QUIC datagrams, overhead included).
+    pub paths: BTreeMap<String, crate::PathBytes>,
 }
 
 /// Live counters, shared by the provider events task and fetches.
