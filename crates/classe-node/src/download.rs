@@ -272,6 +272,7 @@ impl Node {
         let mut providing = done_before > 0;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_path_check = Instant::now();
         let result = loop {
             // Dial learned peers while there is room.
             while peers.len() + connecting.len() < MAX_PEERS {
@@ -390,7 +391,23 @@ impl Node {
 
             let event = tokio::select! {
                 e = rx.recv() => e,
-                _ = tick.tick() => continue,
+                _ = tick.tick() => {
+                    // The scheduler keeps a relayed peer's pipeline short;
+                    // tell it when a hole punch (or a lost path) changes
+                    // the way to a peer. The path counters refresh once a
+                    // second.
+                    if last_path_check.elapsed() >= Duration::from_secs(1) {
+                        last_path_check = Instant::now();
+                        for key in peers.keys() {
+                            let relayed = self.relayed(key).unwrap_or(false);
+                            if relayed != sched.is_relayed(key) {
+                                tracing::debug!(peer = %hex(key), relayed, "path changed");
+                                sched.handle(started.elapsed(), Event::Relayed(*key, relayed));
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else { continue };
             let now = started.elapsed();

@@ -26,6 +26,11 @@ pub struct Config {
     pub min_pipeline: usize,
     /// Most requests kept in flight per peer.
     pub max_pipeline: usize,
+    /// Most requests kept in flight at a peer reached only through the
+    /// school's relay: the relay is one server shared by every home of
+    /// the school, so a relayed classmate gets what its measured rate
+    /// needs up to this, and direct peers take the rest.
+    pub relay_pipeline: usize,
     /// Keep this much of a peer's measured rate in flight, so its link
     /// never idles between requests.
     pub pipeline_time: Duration,
@@ -53,6 +58,7 @@ impl Default for Config {
             random_first: 4,
             min_pipeline: 1,
             max_pipeline: 32,
+            relay_pipeline: 4,
             pipeline_time: Duration::from_millis(500),
             // Stalls are the driver's to detect (no bytes for a while); this
             // is the backstop for a peer that trickles.
@@ -101,6 +107,10 @@ pub enum Event<P> {
     Received(P, PieceId),
     /// A requested piece did not arrive.
     Failed(P, PieceId, FailReason),
+    /// The way to a peer changed: `true` if its bytes now go through the
+    /// relay, `false` once a direct path (LAN, public address, port
+    /// mapping or hole punch) carries them.
+    Relayed(P, bool),
 }
 
 /// What to do.
@@ -138,6 +148,8 @@ struct Peer {
     refused: HashMap<PieceId, Duration>,
     /// Leave the whole peer alone until then.
     busy_until: Duration,
+    /// Reached through the relay only (see [`Config::relay_pipeline`]).
+    relayed: bool,
 }
 
 /// The scheduler. See the crate docs.
@@ -241,6 +253,7 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
                             failures: 0,
                             refused: HashMap::new(),
                             busy_until: Duration::ZERO,
+                            relayed: false,
                         },
                     );
                 }
@@ -264,7 +277,17 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
             }
             Event::Received(p, piece) => self.received(now, &p, piece),
             Event::Failed(p, piece, reason) => self.failed(now, &p, piece, reason),
+            Event::Relayed(p, relayed) => {
+                if let Some(peer) = self.peers.get_mut(&p) {
+                    peer.relayed = relayed;
+                }
+            }
         }
+    }
+
+    /// Whether `peer` is known to be reached through the relay only.
+    pub fn is_relayed(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.relayed)
     }
 
     /// Checks timeouts and fills every peer's pipeline; returns what to do.
@@ -450,7 +473,12 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
             (r * self.config.pipeline_time.as_secs_f64() / self.layout.piece_size() as f64).ceil()
                 as usize
         });
-        depth.clamp(self.config.min_pipeline, self.config.max_pipeline)
+        let max = if peer.relayed {
+            self.config.relay_pipeline.max(self.config.min_pipeline)
+        } else {
+            self.config.max_pipeline
+        };
+        depth.clamp(self.config.min_pipeline, max)
     }
 
     /// Issues one request to `p` if it has room and something useful.

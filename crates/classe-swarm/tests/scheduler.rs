@@ -207,6 +207,47 @@ fn pipeline_grows_with_the_measured_rate() {
     assert_eq!(max_in_flight, Config::default().max_pipeline);
 }
 
+/// Runs one fast peer (100 MB/s, in-order) to completion, `relayed` or
+/// not; the most requests it ever had in flight.
+fn max_in_flight_at_a_fast_peer(relayed: bool) -> usize {
+    let mut s = sched(400);
+    s.handle(ms(0), Event::PeerJoined(1));
+    s.handle(ms(0), Event::HaveAll(1));
+    s.handle(ms(0), Event::Relayed(1, relayed));
+    assert_eq!(s.is_relayed(&1), relayed);
+    let per_piece = Duration::from_secs_f64(256.0 * 1024.0 / 100e6);
+    let mut queue: std::collections::VecDeque<(Duration, u32)> = Default::default();
+    let mut link_free = Duration::ZERO;
+    let mut now = Duration::ZERO;
+    let mut max_in_flight = 0;
+    for _ in 0..2_000 {
+        for (_, i) in requests(&s.poll(now)) {
+            link_free = link_free.max(now) + per_piece;
+            queue.push_back((link_free, i));
+        }
+        max_in_flight = max_in_flight.max(s.in_flight(&1));
+        let Some((done, i)) = queue.pop_front() else {
+            break;
+        };
+        now = done;
+        s.handle(now, Event::Received(1, i));
+    }
+    assert!(s.is_complete());
+    max_in_flight
+}
+
+#[test]
+fn a_relayed_peer_gets_a_short_pipeline_and_a_direct_one_the_full_one() {
+    assert_eq!(
+        max_in_flight_at_a_fast_peer(true),
+        Config::default().relay_pipeline
+    );
+    assert_eq!(
+        max_in_flight_at_a_fast_peer(false),
+        Config::default().max_pipeline
+    );
+}
+
 #[test]
 fn refused_pieces_are_asked_elsewhere_without_blaming_the_peer() {
     let mut s = sched(2);
