@@ -17,9 +17,14 @@
 //! removed when the run ends, when it fails, and on Ctrl-C or SIGTERM
 //! ([`until_interrupted`]); `classe-lab clean` removes what a lab killed
 //! with SIGKILL left behind. Nothing touches the root namespace's
-//! interfaces, and no namespace has a route outside 10.77.0.0/16.
+//! interfaces. The flat lab's namespaces have no route outside
+//! 10.77.0.0/16; the home lab's (`homenet`, `homelab`: pupils behind NAT
+//! routers, the school relay on an emulated internet) none outside
+//! 198.18.0.0/15 and their own 192.168.1.0/24.
 
 pub mod contender;
+pub mod homelab;
+pub mod homenet;
 pub mod lesson;
 pub mod metrics;
 pub mod net;
@@ -59,7 +64,7 @@ pub fn cleanup_all() {
     proc::kill_all_registered();
     // Let the killed processes exit before their folders go.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    net::remove_stale(Some(std::process::id()));
+    homenet::remove_stale(Some(std::process::id()));
     let dirs: Vec<PathBuf> = paths().drain(..).collect();
     for d in dirs {
         std::fs::remove_dir_all(&d).ok();

@@ -46,9 +46,89 @@ enum Cmd {
     Probe,
     /// Remove namespaces left behind by a lab that was killed (SIGKILL).
     Clean,
+    /// The class at home: every pupil and the teacher behind a home
+    /// router (a NAT mix), the school's relay on a public address.
+    Homes(Box<HomesArgs>),
     /// Adversary for the discovery tests: join the class network and
     /// publish a replayed or forged announcement, then leave.
     Adversary(Box<AdversaryArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct HomesArgs {
+    /// The classe binary. Default: target/release/classe next to this one.
+    #[arg(long)]
+    classe: Option<PathBuf>,
+    /// Pupils.
+    #[arg(long, default_value_t = 30)]
+    pupils: usize,
+    /// Lesson size.
+    #[arg(long, default_value = "50MB", value_parser = parse_size)]
+    lesson: u64,
+    /// Files in the lesson.
+    #[arg(long, default_value_t = 20)]
+    files: usize,
+    /// Teacher's upload.
+    #[arg(long, default_value = "20Mbit", value_parser = parse_rate)]
+    teacher_up: u64,
+    /// Pupils' upload.
+    #[arg(long, default_value = "10Mbit", value_parser = parse_rate)]
+    pupil_up: u64,
+    /// Pupils' download.
+    #[arg(long, default_value = "100Mbit", value_parser = parse_rate)]
+    pupil_down: u64,
+    /// The school's upload and download.
+    #[arg(long, default_value = "100Mbit", value_parser = parse_rate)]
+    school: u64,
+    /// Share of pupils behind UPnP routers.
+    #[arg(long, default_value_t = 0.25)]
+    upnp: f64,
+    /// Share of pupils behind symmetric NATs.
+    #[arg(long, default_value_t = 0.15)]
+    symmetric: f64,
+    /// Runs.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Where results.jsonl is appended.
+    #[arg(long, default_value = "lab-results/homes")]
+    out: PathBuf,
+}
+
+async fn homes(args: HomesArgs) -> Result<bool> {
+    use classe_lab::homelab;
+    let classe = args
+        .classe
+        .clone()
+        .or_else(default_classe)
+        .context("no classe binary: give --classe")?;
+    let mut results = Vec::new();
+    for run in 0..args.runs {
+        let tag = format!("{}{}m{run}", net::NS_PREFIX, std::process::id());
+        let cfg = homelab::HomeLabConfig {
+            classe: classe.clone(),
+            pupils: args.pupils,
+            lesson_bytes: args.lesson,
+            files: args.files,
+            teacher_up: args.teacher_up,
+            pupil_up: args.pupil_up,
+            pupil_down: Some(args.pupil_down),
+            school_bps: Some(args.school),
+            upnp: args.upnp,
+            symmetric: args.symmetric,
+            teacher_nat: classe_lab::homenet::Nat::PortPreserving,
+            timeout: Duration::from_secs(args.timeout_secs),
+            seed: 42 + run as u64,
+        };
+        let r = homelab::run(&tag, &cfg).await?;
+        homelab::record(&args.out, &r)?;
+        eprintln!("{}", homelab::table(std::slice::from_ref(&r)));
+        results.push(r);
+    }
+    println!("{}", homelab::table(&results));
+    Ok(results.iter().all(|r| r.finished == r.n))
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,7 +355,7 @@ async fn run(args: RunArgs) -> Result<bool> {
             probe.notes.join("; ")
         );
     }
-    let removed = net::remove_stale(None);
+    let removed = classe_lab::homenet::remove_stale(None);
     if !removed.is_empty() {
         eprintln!(
             "classe-lab: removed {} namespaces left by earlier labs",
@@ -388,6 +468,7 @@ fn main() -> ExitCode {
                 println!("{}", report::markdown(&all));
                 Ok(true)
             })()),
+            Cmd::Homes(args) => classe_lab::until_interrupted(homes(*args)).await,
             Cmd::Probe => {
                 let p = net::probe();
                 println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
@@ -395,7 +476,7 @@ fn main() -> ExitCode {
             }
             Cmd::Adversary(args) => Some(adversary(*args).await),
             Cmd::Clean => {
-                let removed = net::remove_stale(None);
+                let removed = classe_lab::homenet::remove_stale(None);
                 for ns in &removed {
                     println!("removed namespace {ns}");
                 }

@@ -82,7 +82,7 @@ pub fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     run_tool("ip", args).map(|_| ())
 }
 
@@ -310,7 +310,12 @@ impl Drop for Topology {
 }
 
 /// HTB on the egress of `dev` in `ns`, with netem below it for delay.
-fn shape_egress(ns: &str, dev: &str, rate: Option<u64>, delay_ms: Option<f64>) -> Result<()> {
+pub(crate) fn shape_egress(
+    ns: &str,
+    dev: &str,
+    rate: Option<u64>,
+    delay_ms: Option<f64>,
+) -> Result<()> {
     let delay = delay_ms.filter(|d| *d > 0.0).map(|d| format!("{d}ms"));
     match (rate, &delay) {
         (None, None) => Ok(()),

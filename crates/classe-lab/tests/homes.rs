@@ -1,0 +1,500 @@
+//! Pupils and the teacher at home, each behind its own home router (NAT,
+//! nothing unsolicited let in), the school's seed node and relay on a
+//! public address: real `classe` processes in network namespaces
+//! (`classe_lab::homenet`). What must hold for the swarm to form at home:
+//!
+//! - behind port-preserving NATs the late pupil gets most of its bytes
+//!   from the early one, over a direct path punched through both routers;
+//! - behind symmetric NATs the fetch still completes, through the relay,
+//!   and the counters say so;
+//! - behind a router with miniupnpd the pupil's peer-exchange entry
+//!   carries the mapped public address, and a classmate behind a
+//!   symmetric NAT (who cannot hole-punch) connects to it directly;
+//! - every address in use is inside the lab, and the only relay is the
+//!   seed's.
+//!
+//! Needs root, `ip netns`, iptables (legacy) and miniupnpd (`.ci/run`
+//! installs them); otherwise each test prints `SKIPPED:` and why. The
+//! classe binary is `target/debug/classe`, or `$CLASSE_BIN`. Delay is not
+//! emulated (the kernel has no `sch_netem`): paths differ in rate only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use classe_lab::{
+    homenet::{self, HomeHost, HomeNet, HomeSpec, Nat},
+    lesson::Lesson,
+    net::{self, Shape},
+};
+
+/// Longest any one step (a share printing its ticket, a fetch) may take.
+const STEP: Duration = Duration::from_secs(120);
+/// The relay's port on the seed host.
+const RELAY_PORT: u16 = 3340;
+const SEED_PORT: u16 = 4100;
+
+fn classe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLASSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("classe");
+    assert!(
+        p.is_file(),
+        "no classe binary at {}: run `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's network: host 0 is the school (public), then the homes.
+struct Homes {
+    net: HomeNet,
+    dir: tempfile::TempDir,
+    relay_url: String,
+    seed: Option<Running>,
+}
+
+impl Homes {
+    /// The school's seed node with its relay, and one home per `nat`
+    /// (upload shaped to `up_bps[i]`). None: cannot run here.
+    fn new(homes: &[(Nat, Option<u64>)]) -> Option<Self> {
+        if let Err(why) = homenet::probe_nat() {
+            println!("SKIPPED: home routers cannot be emulated here: {why}");
+            return None;
+        }
+        let k = LABS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{}h{k}", net::NS_PREFIX, std::process::id());
+        let mut specs = vec![HomeSpec {
+            nat: None,
+            shape: Shape {
+                up_bps: None,
+                down_bps: None,
+            },
+        }];
+        specs.extend(homes.iter().map(|(nat, up)| HomeSpec {
+            nat: Some(*nat),
+            shape: Shape {
+                up_bps: *up,
+                down_bps: None,
+            },
+        }));
+        let net = HomeNet::build(&tag, &specs).unwrap();
+        let mut h = Homes {
+            net,
+            dir: tempfile::tempdir().unwrap(),
+            relay_url: String::new(),
+            seed: None,
+        };
+        let school = h.host(0).ip;
+        let listen = format!("{school}:{SEED_PORT}");
+        let relay = format!("{school}:{RELAY_PORT}");
+        let mut seed = h.spawn(
+            0,
+            "school",
+            &[
+                "seed",
+                "--listen",
+                &listen,
+                "--no-mdns",
+                "--relay-server",
+                &relay,
+            ],
+        );
+        // Bootstrap address lines first, then JSON events: the relay's.
+        let url = loop {
+            let line = seed.line();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == "relay" {
+                    break v["url"].as_str().unwrap().to_string();
+                }
+            }
+        };
+        h.relay_url = url;
+        h.seed = Some(seed);
+        Some(h)
+    }
+
+    fn host(&self, i: usize) -> &HomeHost {
+        &self.net.hosts()[i]
+    }
+
+    fn command(&self, host: usize, home: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host(host).ns])
+            .arg(classe_bin())
+            .arg("--home")
+            .arg(self.dir.path().join(home));
+        if let Ok(filter) = std::env::var("HOMES_LOG") {
+            c.env("CLASSE_LOG", filter);
+        }
+        c
+    }
+
+    fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Running {
+        let mut child = self
+            .command(host, home)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Keep stderr for the failure message, read on a thread so the
+        // pipe never fills.
+        let stderr = child.stderr.take().unwrap();
+        let (etx, errors) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                all.push(line);
+            }
+            etx.send(all.join("\n")).ok();
+        });
+        Running {
+            child,
+            lines,
+            errors,
+            name: format!("{home} {}", args.first().copied().unwrap_or("")),
+        }
+    }
+
+    fn author_key(&self, host: usize, home: &str) -> String {
+        let out = self.command(host, home).arg("id").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The teacher at home (host `host`) shares `lesson`; its process
+    /// and ticket.
+    fn share(&self, host: usize, lesson: &Path, extra: &[&str]) -> (Running, String) {
+        let mut args = vec![
+            "share",
+            lesson.to_str().unwrap(),
+            "--relay",
+            &self.relay_url,
+            "--no-discovery",
+        ];
+        args.extend_from_slice(extra);
+        let mut sharer = self.spawn(host, "teacher", &args);
+        let ticket = sharer.line();
+        (sharer, ticket)
+    }
+
+    /// A pupil at home fetches; its process and the JSON summary.
+    fn fetch(
+        &self,
+        host: usize,
+        ticket: &str,
+        key: &str,
+        keep_sharing: bool,
+    ) -> (Running, Summary) {
+        let home = format!("pupil{host}");
+        let out = self.dir.path().join(format!("out{host}"));
+        let out = out.to_str().unwrap().to_string();
+        let mut args = vec![
+            "fetch",
+            ticket,
+            "--trust",
+            key,
+            "--relay",
+            &self.relay_url,
+            "--no-discovery",
+            "--json",
+            "--out",
+            &out,
+        ];
+        if !keep_sharing {
+            args.push("--no-seed");
+        }
+        let mut p = self.spawn(host, &home, &args);
+        let line = p.line();
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (
+            p,
+            Summary {
+                json,
+                out: PathBuf::from(out),
+            },
+        )
+    }
+}
+
+impl Drop for Homes {
+    fn drop(&mut self) {
+        // Processes before the namespaces they run in.
+        self.seed.take();
+    }
+}
+
+/// What `fetch --json` printed.
+struct Summary {
+    json: serde_json::Value,
+    out: PathBuf,
+}
+
+impl Summary {
+    fn node_id(&self) -> String {
+        self.json["node_id"].as_str().unwrap().to_string()
+    }
+
+    fn from(&self, peer: &str) -> u64 {
+        self.json["per_provider"][peer].as_u64().unwrap_or(0)
+    }
+
+    fn path(&self, peer: &str, field: &str) -> u64 {
+        self.json["paths"][peer][field].as_u64().unwrap_or(0)
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.json["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+}
+
+/// A long-running classe process; ended (by its pid) on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    errors: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Running {
+    fn line(&mut self) -> String {
+        match self.lines.recv_timeout(STEP) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let err = self
+                    .errors
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_default();
+                panic!(
+                    "{} printed no line within {STEP:?}; stderr:\n{err}",
+                    self.name
+                )
+            }
+        }
+    }
+
+    fn node_id_of_ticket(ticket: &str) -> String {
+        let t = ticket.parse::<classe_bundle::Ticket>().unwrap();
+        data_encoding::HEXLOWER.encode(&t.providers[0].node_id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every address a node listed is inside the lab: the emulated internet
+/// or a home LAN.
+fn assert_in_lab(addrs: &[SocketAddr]) {
+    for a in addrs {
+        let SocketAddr::V4(v4) = a else {
+            panic!("an IPv6 address {a} in a lab that has none");
+        };
+        let ip = *v4.ip();
+        assert!(
+            homenet::is_internet(ip) || ip.octets()[..3] == [192, 168, 1] || ip.is_loopback(),
+            "address {a} is outside the lab"
+        );
+    }
+}
+
+fn assert_relay_in_lab(h: &Homes) {
+    let url = url_host(&h.relay_url);
+    assert!(
+        homenet::is_internet(url),
+        "relay {} is not the lab's seed",
+        h.relay_url
+    );
+    assert_eq!(url, h.host(0).ip, "the relay in use is not the seed's");
+}
+
+fn url_host(url: &str) -> Ipv4Addr {
+    let rest = url.split_once("://").unwrap().1;
+    rest.split([':', '/']).next().unwrap().parse().unwrap()
+}
+
+fn lesson(dir: &Path, mb: u64) -> Lesson {
+    Lesson::create(dir, mb * 1_000_000, 4, 7).unwrap()
+}
+
+#[test]
+fn behind_port_preserving_nats_the_late_pupil_gets_most_from_the_early_one_directly() {
+    // Teacher 16 Mbit/s up at home; pupils 80 Mbit/s up.
+    let Some(h) = Homes::new(&[
+        (Nat::PortPreserving, Some(16_000_000)),
+        (Nat::PortPreserving, Some(80_000_000)),
+        (Nat::PortPreserving, Some(80_000_000)),
+    ]) else {
+        return;
+    };
+    assert_relay_in_lab(&h);
+    let lesson = lesson(h.dir.path(), 8);
+    let key = h.author_key(1, "teacher");
+    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let teacher = Running::node_id_of_ticket(&ticket);
+    // The ticket carries the teacher's relay and its public address (the
+    // router's), learnt from the relay's address discovery.
+    let t = ticket.parse::<classe_bundle::Ticket>().unwrap();
+    assert_eq!(
+        t.providers[0].relay_url.as_deref().map(url_host),
+        Some(h.host(0).ip)
+    );
+    assert!(
+        t.providers[0]
+            .addrs
+            .iter()
+            .any(|a| a.ip() == h.host(1).public_ip),
+        "the ticket lists no public address: {:?}",
+        t.providers[0].addrs
+    );
+    assert_in_lab(&t.providers[0].addrs);
+
+    let (_early, s1) = h.fetch(2, &ticket, &key, true);
+    lesson.verify(&s1.out).unwrap();
+    assert_in_lab(&s1.addrs());
+    assert!(
+        s1.addrs().iter().any(|a| a.ip() == h.host(2).public_ip),
+        "the early pupil does not advertise its public address: {:?}",
+        s1.addrs()
+    );
+    let early = s1.node_id();
+    let (_late, s2) = h.fetch(3, &ticket, &key, false);
+    lesson.verify(&s2.out).unwrap();
+    let total = lesson.total();
+    let from_early = s2.from(&early);
+    println!(
+        "late pupil: {from_early} B from the early pupil, {} B from the teacher; paths to the early pupil: {}",
+        s2.from(&teacher),
+        s2.json["paths"][&early]
+    );
+    assert!(
+        from_early * 2 > total,
+        "the late pupil got only {from_early} of {total} bytes from its classmate"
+    );
+    let direct = s2.path(&early, "direct_received");
+    let relayed = s2.path(&early, "relay_received");
+    assert!(
+        direct > 4 * relayed,
+        "the classmate's bytes went through the relay ({relayed} relayed, {direct} direct): no hole punched"
+    );
+}
+
+#[test]
+fn behind_symmetric_nats_the_fetch_completes_through_the_relay() {
+    let Some(h) = Homes::new(&[
+        (Nat::Symmetric, Some(40_000_000)),
+        (Nat::Symmetric, Some(40_000_000)),
+    ]) else {
+        return;
+    };
+    assert_relay_in_lab(&h);
+    let lesson = lesson(h.dir.path(), 3);
+    let key = h.author_key(1, "teacher");
+    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let teacher = Running::node_id_of_ticket(&ticket);
+    let (_p, s) = h.fetch(2, &ticket, &key, false);
+    lesson.verify(&s.out).unwrap();
+    let relayed = s.path(&teacher, "relay_received");
+    let direct = s.path(&teacher, "direct_received");
+    println!("symmetric: {relayed} B relayed, {direct} B direct from the teacher");
+    assert!(
+        relayed as f64 > 0.9 * lesson.total() as f64,
+        "only {relayed} bytes came through the relay ({direct} direct) between two symmetric NATs"
+    );
+    assert!(s.from(&teacher) >= lesson.total());
+}
+
+#[test]
+fn behind_a_upnp_router_the_pupil_advertises_its_mapped_port_and_a_classmate_uses_it() {
+    // The early pupil's router maps a port (miniupnpd); the late pupil is
+    // behind a symmetric NAT, so a direct path to its classmate exists only
+    // through that mapping.
+    let Some(h) = Homes::new(&[
+        (Nat::PortPreserving, Some(8_000_000)),
+        (Nat::Upnp, Some(80_000_000)),
+        (Nat::Symmetric, Some(80_000_000)),
+    ]) else {
+        return;
+    };
+    let lesson = lesson(h.dir.path(), 6);
+    let key = h.author_key(1, "teacher");
+    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let (_early, s1) = h.fetch(2, &ticket, &key, true);
+    lesson.verify(&s1.out).unwrap();
+    let mappings = h.net.upnp_mappings(h.host(2)).unwrap();
+    println!(
+        "router mappings: {mappings:?}; pupil addrs: {:?}",
+        s1.addrs()
+    );
+    let mapped: Vec<SocketAddr> = s1
+        .addrs()
+        .into_iter()
+        .filter(|a| {
+            a.ip() == h.host(2).public_ip
+                && mappings
+                    .iter()
+                    .any(|m| m.protocol.eq_ignore_ascii_case("udp") && m.external_port == a.port())
+        })
+        .collect();
+    assert!(
+        !mapped.is_empty(),
+        "no advertised address is a port mapped on the router ({mappings:?})"
+    );
+    let early = s1.node_id();
+    let (_late, s2) = h.fetch(3, &ticket, &key, false);
+    lesson.verify(&s2.out).unwrap();
+    let direct = s2.path(&early, "direct_received");
+    println!(
+        "late pupil: {} B from the UPnP pupil, paths {}",
+        s2.from(&early),
+        s2.json["paths"][&early]
+    );
+    assert!(
+        direct > 0 && direct > s2.path(&early, "relay_received"),
+        "the classmate behind the symmetric NAT did not reach the mapped port directly"
+    );
+}
