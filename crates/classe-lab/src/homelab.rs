@@ -115,12 +115,15 @@ pub struct HomeLabResult {
 /// class (not bunched at one end), the rest port-preserving.
 pub fn nat_mix(n: usize, upnp: f64, symmetric: f64) -> Vec<Nat> {
     let up = metrics::spread_subset(n, upnp);
-    let sy = metrics::spread_subset(n, symmetric + upnp);
-    (0..n)
-        .map(|i| {
-            if up[i] {
+    let rest = up.iter().filter(|u| !**u).count();
+    // Symmetric routers spread over the homes that are not UPnP.
+    let want = (symmetric.clamp(0.0, 1.0) * n as f64).round() as usize;
+    let mut sy = metrics::spread_subset(rest, want as f64 / rest.max(1) as f64).into_iter();
+    up.iter()
+        .map(|&u| {
+            if u {
                 Nat::Upnp
-            } else if sy[i] {
+            } else if sy.next().unwrap_or(false) {
                 Nat::Symmetric
             } else {
                 Nat::PortPreserving
@@ -477,8 +480,12 @@ mod tests {
         assert_eq!(count(Nat::Upnp), 5);
         assert_eq!(count(Nat::Symmetric), 3);
         assert_eq!(count(Nat::PortPreserving), 12);
-        // Not bunched: the first half has some of each kind but symmetric
-        // at least once in each half.
-        assert!(mix[..10].contains(&Nat::Upnp) && mix[10..].contains(&Nat::Upnp));
+        // Not bunched at one end.
+        for kind in [Nat::Upnp, Nat::Symmetric] {
+            assert!(mix[..10].contains(&kind) && mix[10..].contains(&kind), "{mix:?}");
+        }
+        let thirty = nat_mix(30, 0.25, 0.15);
+        assert_eq!(thirty.iter().filter(|m| **m == Nat::Upnp).count(), 8);
+        assert_eq!(thirty.iter().filter(|m| **m == Nat::Symmetric).count(), 5);
     }
 }
