@@ -503,7 +503,12 @@ impl State {
     }
 
     fn finish_lookup(&mut self, id: kad::QueryId) {
-        if let Some(lookup) = self.lookups.remove(&id) {
+        if let Some(mut lookup) = self.lookups.remove(&id) {
+            // Providers that never answered our dial in time are usually at
+            // home behind a router (TCP from outside dropped): the data plane
+            // can still reach them by node id through the school relay.
+            lookup.found.extend(lookup.waiting.iter().filter_map(by_id));
+            tracing::debug!(found = lookup.found.len(), "provider lookup over");
             lookup.reply.send(lookup.found).ok();
             if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 q.finish();
@@ -609,9 +614,15 @@ impl State {
             } => {
                 tracing::debug!(%peer, "dial failed: {error}");
                 if let Some(ids) = self.awaiting.remove(&peer) {
+                    // A provider we cannot dial over TCP is usually at home
+                    // behind its router. It still holds the bundle, and the
+                    // data plane can reach it by node id alone through the
+                    // school relay both use: hand it out without addresses.
+                    let by_id = by_id(&peer);
                     for id in ids {
                         if let Some(l) = self.lookups.get_mut(&id) {
                             l.waiting.remove(&peer);
+                            l.found.extend(by_id.clone());
                         }
                         self.maybe_finish(id);
                     }
@@ -743,6 +754,7 @@ impl State {
         if peer == self.local {
             return;
         }
+        tracing::debug!(%peer, "provider found");
         let info = self.provider_info(&peer);
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
@@ -926,4 +938,14 @@ impl State {
             .gossipsub
             .report_message_validation_result(&message_id, &propagation_source, verdict);
     }
+}
+
+/// A provider known by its id alone, to be dialled through a relay.
+fn by_id(peer: &PeerId) -> Option<ProviderInfo> {
+    ids::node_id_of(peer).map(|node_id| ProviderInfo {
+        node_id,
+        addrs: Vec::new(),
+        relay_url: None,
+        control_port: None,
+    })
 }

@@ -482,7 +482,10 @@ mod tests {
         assert_eq!(count(Nat::PortPreserving), 12);
         // Not bunched at one end.
         for kind in [Nat::Upnp, Nat::Symmetric] {
-            assert!(mix[..10].contains(&kind) && mix[10..].contains(&kind), "{mix:?}");
+            assert!(
+                mix[..10].contains(&kind) && mix[10..].contains(&kind),
+                "{mix:?}"
+            );
         }
         let thirty = nat_mix(30, 0.25, 0.15);
         assert_eq!(thirty.iter().filter(|m| **m == Nat::Upnp).count(), 8);

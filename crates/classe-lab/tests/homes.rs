@@ -65,6 +65,8 @@ struct Homes {
     net: HomeNet,
     dir: tempfile::TempDir,
     relay_url: String,
+    /// The seed's first bootstrap address (`/ip4/…/tcp/4100/p2p/…`).
+    bootstrap: String,
     seed: Option<Running>,
 }
 
@@ -97,6 +99,7 @@ impl Homes {
             net,
             dir: tempfile::tempdir().unwrap(),
             relay_url: String::new(),
+            bootstrap: String::new(),
             seed: None,
         };
         let school = h.host(0).ip;
@@ -115,8 +118,12 @@ impl Homes {
             ],
         );
         // Bootstrap address lines first, then JSON events: the relay's.
+        let mut bootstrap = String::new();
         let url = loop {
             let line = seed.line();
+            if line.starts_with("/ip4/") && bootstrap.is_empty() {
+                bootstrap = line.clone();
+            }
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if v["event"] == "relay" {
                     break v["url"].as_str().unwrap().to_string();
@@ -124,6 +131,7 @@ impl Homes {
             }
         };
         h.relay_url = url;
+        h.bootstrap = bootstrap;
         h.seed = Some(seed);
         Some(h)
     }
@@ -190,27 +198,48 @@ impl Homes {
 
     /// The teacher at home (host `host`) shares `lesson`; its process
     /// and ticket.
-    fn share(&self, host: usize, lesson: &Path, extra: &[&str]) -> (Running, String) {
+    fn share(&self, host: usize, lesson: &Path, dht: bool) -> (Running, String) {
         let mut args = vec![
             "share",
             lesson.to_str().unwrap(),
             "--relay",
             &self.relay_url,
-            "--no-discovery",
         ];
-        args.extend_from_slice(extra);
+        args.extend(self.discovery(dht));
         let mut sharer = self.spawn(host, "teacher", &args);
         let ticket = sharer.line();
         (sharer, ticket)
     }
 
-    /// A pupil at home fetches; its process and the JSON summary.
+    /// `--bootstrap <seed> --no-mdns` with the DHT, else `--no-discovery`.
+    fn discovery(&self, dht: bool) -> Vec<&str> {
+        if dht {
+            vec!["--bootstrap", &self.bootstrap, "--no-mdns"]
+        } else {
+            vec!["--no-discovery"]
+        }
+    }
+
+    /// A pupil at home fetches by ticket alone; its process and the JSON
+    /// summary.
     fn fetch(
         &self,
         host: usize,
         ticket: &str,
         key: &str,
         keep_sharing: bool,
+    ) -> (Running, Summary) {
+        self.fetch_with(host, ticket, key, keep_sharing, false)
+    }
+
+    /// As `fetch`, with the DHT through the seed when `dht`.
+    fn fetch_with(
+        &self,
+        host: usize,
+        ticket: &str,
+        key: &str,
+        keep_sharing: bool,
+        dht: bool,
     ) -> (Running, Summary) {
         let home = format!("pupil{host}");
         let out = self.dir.path().join(format!("out{host}"));
@@ -222,11 +251,11 @@ impl Homes {
             key,
             "--relay",
             &self.relay_url,
-            "--no-discovery",
             "--json",
             "--out",
             &out,
         ];
+        args.extend(self.discovery(dht));
         if !keep_sharing {
             args.push("--no-seed");
         }
@@ -316,14 +345,26 @@ impl Drop for Running {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let mut exited = false;
         for _ in 0..100 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // HOMES_SHOW=1: every process's stderr, for debugging.
+        if std::env::var_os("HOMES_SHOW").is_some() {
+            let err = self
+                .errors
+                .recv_timeout(Duration::from_secs(2))
+                .unwrap_or_default();
+            println!("---- {} stderr:\n{err}", self.name);
+        }
     }
 }
 
@@ -374,7 +415,7 @@ fn behind_port_preserving_nats_the_late_pupil_gets_most_from_the_early_one_direc
     assert_relay_in_lab(&h);
     let lesson = lesson(h.dir.path(), 8);
     let key = h.author_key(1, "teacher");
-    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let (_teacher, ticket) = h.share(1, lesson.dir(), false);
     let teacher = Running::node_id_of_ticket(&ticket);
     // The ticket carries the teacher's relay and its public address (the
     // router's), learnt from the relay's address discovery.
@@ -434,7 +475,7 @@ fn behind_symmetric_nats_the_fetch_completes_through_the_relay() {
     assert_relay_in_lab(&h);
     let lesson = lesson(h.dir.path(), 3);
     let key = h.author_key(1, "teacher");
-    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let (_teacher, ticket) = h.share(1, lesson.dir(), false);
     let teacher = Running::node_id_of_ticket(&ticket);
     let (_p, s) = h.fetch(2, &ticket, &key, false);
     lesson.verify(&s.out).unwrap();
@@ -462,7 +503,7 @@ fn behind_a_upnp_router_the_pupil_advertises_its_mapped_port_and_a_classmate_use
     };
     let lesson = lesson(h.dir.path(), 6);
     let key = h.author_key(1, "teacher");
-    let (_teacher, ticket) = h.share(1, lesson.dir(), &[]);
+    let (_teacher, ticket) = h.share(1, lesson.dir(), false);
     let (_early, s1) = h.fetch(2, &ticket, &key, true);
     lesson.verify(&s1.out).unwrap();
     let mappings = h.net.upnp_mappings(h.host(2)).unwrap();
@@ -496,5 +537,46 @@ fn behind_a_upnp_router_the_pupil_advertises_its_mapped_port_and_a_classmate_use
     assert!(
         direct > 0 && direct > s2.path(&early, "relay_received"),
         "the classmate behind the symmetric NAT did not reach the mapped port directly"
+    );
+}
+
+#[test]
+fn a_classmate_at_home_found_in_the_dht_is_reached_through_the_relay_by_node_id() {
+    // The teacher shares and goes offline; the early pupil keeps sharing
+    // and provides the lesson in the DHT. The late pupil finds it there,
+    // but cannot dial its discovery port (its router lets nothing in):
+    // the data plane reaches it by node id through the school relay and
+    // punches a direct path.
+    let Some(h) = Homes::new(&[
+        (Nat::PortPreserving, Some(40_000_000)),
+        (Nat::PortPreserving, Some(80_000_000)),
+        (Nat::PortPreserving, Some(80_000_000)),
+    ]) else {
+        return;
+    };
+    let lesson = lesson(h.dir.path(), 4);
+    let key = h.author_key(1, "teacher");
+    let (teacher, ticket) = h.share(1, lesson.dir(), true);
+    let (_early, s1) = h.fetch_with(2, &ticket, &key, true, true);
+    lesson.verify(&s1.out).unwrap();
+    drop(teacher);
+    // The early pupil's provider record reaches the seed only once its
+    // provide query is over, and that query waits for its TCP dial to the
+    // teacher's discovery port, which the teacher's router drops (about
+    // 10 s). A classmate arriving later than that finds it.
+    std::thread::sleep(Duration::from_secs(15));
+    let (_late, s2) = h.fetch_with(3, &ticket, &key, false, true);
+    lesson.verify(&s2.out).unwrap();
+    let early = s1.node_id();
+    println!(
+        "late pupil: {} B from the early pupil (paths {}), DHT lookup {}",
+        s2.from(&early),
+        s2.json["paths"][&early],
+        s2.json["dht_lookup"]
+    );
+    assert!(s2.from(&early) >= lesson.total());
+    assert!(
+        s2.path(&early, "direct_received") > s2.path(&early, "relay_received"),
+        "the bytes stayed on the relay"
     );
 }

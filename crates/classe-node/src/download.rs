@@ -284,6 +284,7 @@ impl Node {
                 let endpoint = self.endpoint().clone();
                 let timeout = self.config().connect_timeout;
                 let tx = tx.clone();
+                let info = self.dialable(info);
                 tokio::spawn(async move {
                     let result = match endpoint_addr(&info) {
                         None => Err("invalid node id".to_string()),

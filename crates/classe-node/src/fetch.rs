@@ -446,7 +446,7 @@ impl Node {
                 continue;
             }
             let endpoint = self.endpoint().clone();
-            let info = info.clone();
+            let info = self.dialable(info.clone());
             let timeout = self.config().connect_timeout;
             set.spawn(async move {
                 let peer = data_encoding::HEXLOWER.encode(&info.node_id);
