@@ -180,6 +180,7 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
     // told to use another).
     let relay = match relay_server_config(&args.relay, &file)? {
         Some(rc) => {
+            let rc_chain = rc.tls.as_ref().map(|(chain, _)| chain.clone());
             let relay = classe_node::RelayServer::spawn(rc).await.map_err(|e| {
                 let code = match e {
                     classe_node::RelayError::Spawn { .. } => IO,
@@ -189,6 +190,11 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
             })?;
             if config.relay_url.is_none() {
                 config.relay_url = Some(relay.url().to_string());
+                // Our own relay: trust the chain we serve (a school CA's
+                // certificate in it), as pupils do with --relay-ca.
+                if config.relay_ca.is_none() {
+                    config.relay_ca = rc_chain.clone();
+                }
             }
             Some(relay)
         }

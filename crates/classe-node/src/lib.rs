@@ -61,7 +61,10 @@ pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
 /// ticket already carries the relay and the public address. A relay that
 /// is down costs this once; the node then goes on with direct addresses
 /// and joins the relay when it comes back.
-const RELAY_WAIT: Duration = Duration::from_secs(4);
+/// Six seconds: a net report waits up to 3 s for an IPv6 probe that a
+/// relay listening on IPv4 only never answers (a host name that also
+/// resolves to ::1 or an AAAA record), then the relay handshake follows.
+const RELAY_WAIT: Duration = Duration::from_secs(6);
 
 /// The longest each step of [`Node::shutdown`] may take.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
