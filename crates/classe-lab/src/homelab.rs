@@ -303,7 +303,9 @@ pub async fn run(tag: &str, cfg: &HomeLabConfig) -> Result<HomeLabResult> {
         p.stop(Duration::from_secs(5)).await;
     }
     sharer.stop(Duration::from_secs(5)).await;
-    seed.stop(Duration::from_secs(10)).await;
+    // The seed writes its --stats (what the relay carried) after closing
+    // its connections: give it the time that takes with a class attached.
+    seed.stop(Duration::from_secs(30)).await;
     let relay_carried = std::fs::read(dir.path().join("school.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
