@@ -18,10 +18,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc,
@@ -31,21 +30,8 @@ use std::{
 
 use classe_lab::net::{self, Shape, Topology};
 
-const STEP: Duration = Duration::from_secs(90);
-
-fn classe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLASSE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("classe");
-    assert!(
-        p.is_file(),
-        "no classe binary at {}: run `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{classe_bin, Running, STEP};
 
 /// The hosts of one test: namespaces when possible, else loopback.
 struct Lab {
@@ -158,29 +144,12 @@ impl Lab {
     }
 
     fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Running {
-        let mut child = self
-            .command(host, home)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            name: format!("{home} {}", args.first().copied().unwrap_or("")),
-        }
+        let mut cmd = self.command(host, home);
+        cmd.args(args);
+        Running::spawn(
+            cmd,
+            format!("{home} {}", args.first().copied().unwrap_or("")),
+        )
     }
 
     /// The author key of `home` (made on first use).
@@ -252,88 +221,6 @@ impl Lab {
 
     fn home(&self, home: &str) -> PathBuf {
         self.dir.path().join(home)
-    }
-}
-
-/// A long-running classe process; killed on drop.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    name: String,
-}
-
-impl Running {
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(STEP)
-            .unwrap_or_else(|_| panic!("{}: no line on stdout within {STEP:?}", self.name))
-    }
-
-    /// The next JSON event of `kind`, skipping others (returned too).
-    fn event(&self, kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
-        let deadline = Instant::now() + STEP;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "{}: no {kind} event within {STEP:?}; saw {skipped:?}",
-                    self.name
-                )
-            });
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["event"] == kind {
-                return (v, skipped);
-            }
-            skipped.push(v);
-        }
-    }
-
-    /// Every line that arrives within `limit`.
-    fn lines_for(&self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        let mut out = Vec::new();
-        while let Ok(l) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            out.push(l);
-        }
-        out
-    }
-
-    /// SIGTERM, then wait (bounded); returns stderr.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                assert!(
-                    status.success(),
-                    "{} exited with {status}: {err}",
-                    self.name
-                );
-                return err;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not stop within 20 s", self.name);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

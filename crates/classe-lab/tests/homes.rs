@@ -21,14 +21,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -38,25 +34,11 @@ use classe_lab::{
     net::{self, Shape},
 };
 
-/// Longest any one step (a share printing its ticket, a fetch) may take.
-const STEP: Duration = Duration::from_secs(120);
+mod common;
+use common::{classe_bin, Running};
 /// The relay's port on the seed host.
 const RELAY_PORT: u16 = 3340;
 const SEED_PORT: u16 = 4100;
-
-fn classe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLASSE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("classe");
-    assert!(
-        p.is_file(),
-        "no classe binary at {}: run `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
@@ -105,7 +87,7 @@ impl Homes {
         let school = h.host(0).ip;
         let listen = format!("{school}:{SEED_PORT}");
         let relay = format!("{school}:{RELAY_PORT}");
-        let mut seed = h.spawn(
+        let seed = h.spawn(
             0,
             "school",
             &[
@@ -153,41 +135,12 @@ impl Homes {
     }
 
     fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Running {
-        let mut child = self
-            .command(host, home)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // Keep stderr for the failure message, read on a thread so the
-        // pipe never fills.
-        let stderr = child.stderr.take().unwrap();
-        let (etx, errors) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                all.push(line);
-            }
-            etx.send(all.join("\n")).ok();
-        });
-        Running {
-            child,
-            lines,
-            errors,
-            name: format!("{home} {}", args.first().copied().unwrap_or("")),
-        }
+        let mut cmd = self.command(host, home);
+        cmd.args(args);
+        Running::spawn(
+            cmd,
+            format!("{home} {}", args.first().copied().unwrap_or("")),
+        )
     }
 
     fn author_key(&self, host: usize, home: &str) -> String {
@@ -206,7 +159,7 @@ impl Homes {
             &self.relay_url,
         ];
         args.extend(self.discovery(dht));
-        let mut sharer = self.spawn(host, "teacher", &args);
+        let sharer = self.spawn(host, "teacher", &args);
         let ticket = sharer.line();
         (sharer, ticket)
     }
@@ -259,7 +212,7 @@ impl Homes {
         if !keep_sharing {
             args.push("--no-seed");
         }
-        let mut p = self.spawn(host, &home, &args);
+        let p = self.spawn(host, &home, &args);
         let line = p.line();
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
         (
@@ -308,64 +261,10 @@ impl Summary {
     }
 }
 
-/// A long-running classe process; ended (by its pid) on drop.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    errors: mpsc::Receiver<String>,
-    name: String,
-}
-
-impl Running {
-    fn line(&mut self) -> String {
-        match self.lines.recv_timeout(STEP) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let err = self
-                    .errors
-                    .recv_timeout(Duration::from_secs(5))
-                    .unwrap_or_default();
-                panic!(
-                    "{} printed no line within {STEP:?}; stderr:\n{err}",
-                    self.name
-                )
-            }
-        }
-    }
-
-    fn node_id_of_ticket(ticket: &str) -> String {
-        let t = ticket.parse::<classe_bundle::Ticket>().unwrap();
-        data_encoding::HEXLOWER.encode(&t.providers[0].node_id)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let mut exited = false;
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // HOMES_SHOW=1: every process's stderr, for debugging.
-        if std::env::var_os("HOMES_SHOW").is_some() {
-            let err = self
-                .errors
-                .recv_timeout(Duration::from_secs(2))
-                .unwrap_or_default();
-            println!("---- {} stderr:\n{err}", self.name);
-        }
-    }
+/// The node id (hex) of a ticket's first provider.
+fn node_id_of_ticket(ticket: &str) -> String {
+    let t = ticket.parse::<classe_bundle::Ticket>().unwrap();
+    data_encoding::HEXLOWER.encode(&t.providers[0].node_id)
 }
 
 /// Every address a node listed is inside the lab: the emulated internet
@@ -416,7 +315,7 @@ fn behind_port_preserving_nats_the_late_pupil_gets_most_from_the_early_one_direc
     let lesson = lesson(h.dir.path(), 8);
     let key = h.author_key(1, "teacher");
     let (_teacher, ticket) = h.share(1, lesson.dir(), false);
-    let teacher = Running::node_id_of_ticket(&ticket);
+    let teacher = node_id_of_ticket(&ticket);
     // The ticket carries the teacher's relay and its public address (the
     // router's), learnt from the relay's address discovery.
     let t = ticket.parse::<classe_bundle::Ticket>().unwrap();
@@ -476,7 +375,7 @@ fn behind_symmetric_nats_the_fetch_completes_through_the_relay() {
     let lesson = lesson(h.dir.path(), 3);
     let key = h.author_key(1, "teacher");
     let (_teacher, ticket) = h.share(1, lesson.dir(), false);
-    let teacher = Running::node_id_of_ticket(&ticket);
+    let teacher = node_id_of_ticket(&ticket);
     let (_p, s) = h.fetch(2, &ticket, &key, false);
     lesson.verify(&s.out).unwrap();
     let relayed = s.path(&teacher, "relay_received");

@@ -179,37 +179,16 @@ fn endgame_duplicates_the_last_pieces_and_cancels_the_losers() {
 
 #[test]
 fn pipeline_grows_with_the_measured_rate() {
-    // One peer behind a 100 MB/s link that serves requests in order.
-    let mut s = sched(400);
-    s.handle(ms(0), Event::PeerJoined(1));
-    s.handle(ms(0), Event::HaveAll(1));
-    let per_piece = Duration::from_secs_f64(256.0 * 1024.0 / 100e6);
-    let mut queue: std::collections::VecDeque<(Duration, u32)> = Default::default();
-    let mut link_free = Duration::ZERO;
-    let mut now = Duration::ZERO;
-    let mut max_in_flight = 0;
-    for _ in 0..2_000 {
-        for (_, i) in requests(&s.poll(now)) {
-            link_free = link_free.max(now) + per_piece;
-            queue.push_back((link_free, i));
-        }
-        max_in_flight = max_in_flight.max(s.in_flight(&1));
-        let Some((done, i)) = queue.pop_front() else {
-            break;
-        };
-        now = done;
-        s.handle(now, Event::Received(1, i));
-    }
-    assert!(s.is_complete());
-    let rate = s.rate(&1).unwrap();
+    let (max_in_flight, rate) = fast_peer(false);
     assert!((60e6..=140e6).contains(&rate), "{rate}");
     // 0.5 s of 100 MB/s is about 190 pieces: capped at max_pipeline.
     assert_eq!(max_in_flight, Config::default().max_pipeline);
 }
 
-/// Runs one fast peer (100 MB/s, in-order) to completion, `relayed` or
-/// not; the most requests it ever had in flight.
-fn max_in_flight_at_a_fast_peer(relayed: bool) -> usize {
+/// Runs one fast peer (a 100 MB/s link serving requests in order) to
+/// completion, `relayed` or not: the most requests it ever had in flight,
+/// and its measured rate.
+fn fast_peer(relayed: bool) -> (usize, f64) {
     let mut s = sched(400);
     s.handle(ms(0), Event::PeerJoined(1));
     s.handle(ms(0), Event::HaveAll(1));
@@ -233,19 +212,13 @@ fn max_in_flight_at_a_fast_peer(relayed: bool) -> usize {
         s.handle(now, Event::Received(1, i));
     }
     assert!(s.is_complete());
-    max_in_flight
+    (max_in_flight, s.rate(&1).unwrap())
 }
 
 #[test]
 fn a_relayed_peer_gets_a_short_pipeline_and_a_direct_one_the_full_one() {
-    assert_eq!(
-        max_in_flight_at_a_fast_peer(true),
-        Config::default().relay_pipeline
-    );
-    assert_eq!(
-        max_in_flight_at_a_fast_peer(false),
-        Config::default().max_pipeline
-    );
+    assert_eq!(fast_peer(true).0, Config::default().relay_pipeline);
+    assert_eq!(fast_peer(false).0, Config::default().max_pipeline);
 }
 
 #[test]
