@@ -286,7 +286,7 @@ impl Node {
         let endpoint = self.endpoint.clone();
         let relay = self.config.relay_url.clone();
         let cancel = self.cancel.clone();
-        tokio::spawn(async move {
+        let task = async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -300,7 +300,11 @@ impl Node {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            task,
+            tracing::debug_span!("address-updates"),
+        ));
     }
 
     /// How other nodes reach this one: its id, every direct address it

@@ -146,7 +146,12 @@ impl Paths {
         let events = conn.path_events();
         let weak = conn.weak_handle();
         let paths = self.clone();
-        tokio::spawn(async move { paths.watch(id, peer, weak, events, per_path).await });
+        let span =
+            tracing::debug_span!("paths", peer = %data_encoding::HEXLOWER.encode(&peer[..5]));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { paths.watch(id, peer, weak, events, per_path).await },
+            span,
+        ));
     }
 
     fn set_live(&self, id: usize, bytes: PathBytes, relayed: bool) {
