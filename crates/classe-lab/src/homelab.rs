@@ -101,6 +101,9 @@ pub struct HomeLabResult {
     pub relayed_per_pupil: Vec<u64>,
     /// What the school relay carried (its own count), bytes it sent.
     pub relay_carried: Option<u64>,
+    /// The teacher's own counts: payload bytes sent, and QUIC datagram
+    /// bytes sent over direct paths and through the relay.
+    pub teacher_sent: Option<TeacherSent>,
     /// Seconds from `fetch` to the first byte from a classmate: median
     /// and largest over pupils that got one.
     pub first_classmate_byte: (f64, f64),
@@ -213,10 +216,12 @@ pub async fn run(tag: &str, cfg: &HomeLabConfig) -> Result<HomeLabResult> {
         .output()
         .await?;
     let key = String::from_utf8_lossy(&key_out.stdout).trim().to_string();
+    let teacher_stats = dir.path().join("teacher.json");
     let share_script = format!(
-        "exec {bin} --home {} share {} --relay {relay_url} --no-discovery",
+        "exec {bin} --home {} share {} --relay {relay_url} --no-discovery --stats {}",
         home("teacher"),
-        lesson.dir().display()
+        lesson.dir().display(),
+        teacher_stats.display()
     );
     let teacher_log = log("teacher");
     let mut sharer = Proc::spawn(
@@ -302,7 +307,8 @@ pub async fn run(tag: &str, cfg: &HomeLabConfig) -> Result<HomeLabResult> {
     for p in &mut running {
         p.stop(Duration::from_secs(5)).await;
     }
-    sharer.stop(Duration::from_secs(5)).await;
+    sharer.stop(Duration::from_secs(20)).await;
+    let teacher_sent = read_sent(&teacher_stats);
     // The seed writes its --stats (what the relay carried) after closing
     // its connections: give it the time that takes with a class attached.
     seed.stop(Duration::from_secs(30)).await;
@@ -338,6 +344,7 @@ pub async fn run(tag: &str, cfg: &HomeLabConfig) -> Result<HomeLabResult> {
         direct_share: 0.0,
         relayed_per_pupil: Vec::new(),
         relay_carried,
+        teacher_sent,
         first_classmate_byte: (0.0, 0.0),
         cpu_secs: cpu,
         wall_secs: wall,
@@ -382,6 +389,32 @@ pub async fn run(tag: &str, cfg: &HomeLabConfig) -> Result<HomeLabResult> {
         let _ = dir.keep();
     }
     Ok(result)
+}
+
+/// What the teacher's `--stats` says it sent.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TeacherSent {
+    /// Payload bytes.
+    pub payload: u64,
+    /// QUIC datagram bytes over direct paths.
+    pub direct: u64,
+    /// QUIC datagram bytes through the relay.
+    pub relay: u64,
+}
+
+fn read_sent(stats: &Path) -> Option<TeacherSent> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(stats).ok()?).ok()?;
+    let t = &v["traffic"];
+    let mut out = TeacherSent {
+        payload: t["sent"].as_u64()?,
+        direct: 0,
+        relay: 0,
+    };
+    for p in t["paths"].as_object()?.values() {
+        out.direct += p["direct_sent"].as_u64().unwrap_or(0);
+        out.relay += p["relay_sent"].as_u64().unwrap_or(0);
+    }
+    Some(out)
 }
 
 /// Adds one pupil's summary to the totals.
