@@ -292,7 +292,8 @@ impl Home {
 
 /// Writes a small file by rename, so a crash leaves the old or the new.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Exit> {
-    let tmp = path.with_extension("tmp");
+    // A name of our own: two processes writing at once must not share one.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(crate::exit::io(format!("cannot write {}", path.display())))

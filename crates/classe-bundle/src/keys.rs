@@ -170,38 +170,106 @@ impl AuthorSecret {
     }
 
     /// Loads the key at `path`, or creates one there if the file does not
-    /// exist yet.
+    /// exist yet. Safe against a concurrent first use (`classe id` and
+    /// `classe share` started together on a fresh home): exactly one key is
+    /// created, and every caller gets the one on disk.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
         match Self::load(path) {
             Ok(key) => Ok(key),
             Err(KeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                let key = Self::generate();
-                key.save(path)?;
-                Ok(key)
+                Self::create_new(path)
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Creates a key at `path` unless one is there already, in which case
+    /// that one is loaded. The complete file is written under a name of
+    /// its own and then hard-linked into place: the link fails if `path`
+    /// exists, so two processes can never both win, and nobody ever reads
+    /// half a file.
+    fn create_new(path: &Path) -> Result<Self, KeyError> {
+        let err = |source| KeyError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let key = Self::generate();
+        let tmp = key.write_temp(path).map_err(err)?;
+        let linked = fs::hard_link(&tmp, path);
+        // The temporary name goes either way; the key lives on at `path`.
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(key),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load(path),
+            // A file system without hard links (a FAT USB stick): create
+            // the file itself exclusively; still one winner.
+            Err(_) => match key.write_exclusive(path) {
+                Ok(()) => Ok(key),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load(path),
+                Err(e) => Err(err(e)),
+            },
+        }
+    }
+
     /// Writes the key with mode 0600, atomically: a crash leaves either the
-    /// old file or the new one, never half of one.
+    /// old file or the new one, never half of one. Replaces a key already
+    /// there (`classe id --import --force`).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let err = |source| KeyError::Write {
             path: path.display().to_string(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(err)?;
-        }
-        let body = Zeroizing::new(format!(
+        let tmp = self.write_temp(path).map_err(err)?;
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            err(e)
+        })
+    }
+
+    fn body(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
             "{SECRET_FILE_HEADER}\n{}\n",
             BASE32
                 .encode(self.to_bytes().as_slice())
                 .to_ascii_lowercase()
-        ));
-        let tmp = path.with_extension("tmp");
-        write_private(&tmp, body.as_bytes()).map_err(err)?;
-        fs::rename(&tmp, path).map_err(err)
+        ))
+    }
+
+    /// Creates `path` only if it does not exist, and writes the key.
+    fn write_exclusive(&self, path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path)?;
+        file.write_all(self.body().as_bytes())?;
+        file.sync_all()
+    }
+
+    /// The key file's content, written and synced under a temporary name
+    /// beside `path` that no other process uses.
+    fn write_temp(&self, path: &Path) -> io::Result<std::path::PathBuf> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let body = self.body();
+        // Unique per process and call: pid, and the new key's own public
+        // half (random) as a nonce.
+        let name = format!(
+            "{}.{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id(),
+            &self.public().to_string()[..8]
+        );
+        let tmp = path.with_file_name(name);
+        write_private(&tmp, body.as_bytes())?;
+        Ok(tmp)
     }
 }
 
@@ -239,6 +307,30 @@ impl fmt::Debug for AuthorSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_use_creates_one_key_that_everyone_gets() {
+        // `classe id` and `classe share` started together on a fresh home
+        // once ended with two different keys, one of them not on disk.
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("author.key");
+            let keys: Vec<AuthorKey> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| AuthorSecret::load_or_create(&path).unwrap().public()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = AuthorSecret::load(&path).unwrap().public();
+            assert!(
+                keys.iter().all(|k| *k == on_disk),
+                "round {round}: {keys:?} vs {on_disk:?}"
+            );
+            // No temporary file is left beside it.
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(names.len(), 1, "round {round}: {names:?}");
+        }
+    }
 
     #[test]
     fn key_text_round_trips() {

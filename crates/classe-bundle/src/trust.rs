@@ -126,7 +126,10 @@ impl TrustStore {
         if let Some(parent) = self.path.parent() {
             fs::create_dir_all(parent).map_err(err)?;
         }
-        let tmp = self.path.with_extension("tmp");
+        // A name of our own: two processes writing at once must not share one.
+        let tmp = self
+            .path
+            .with_extension(format!("{}.tmp", std::process::id()));
         fs::write(&tmp, text).map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)
     }
