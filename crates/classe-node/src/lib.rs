@@ -328,6 +328,11 @@ impl Node {
         info
     }
 
+    /// The UDP sockets the endpoint listens on.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
+
     /// Transport bytes per peer, direct and relayed (QUIC datagrams).
     pub fn path_bytes(&self) -> std::collections::BTreeMap<String, PathBytes> {
         self.paths.snapshot()
@@ -456,6 +461,12 @@ async fn bind_endpoint(
     // (tests, the demo) probing the gateway would also send traffic off it.
     if !config.port_mapping || config.bind_addr.ip().is_loopback() {
         builder = builder.portmapper_config(PortmapperConfig::Disabled);
+    }
+    // A specific address is honoured alone (no extra socket on [::]); the
+    // unspecified default keeps iroh's IPv6 socket beside it, which a
+    // pupil with IPv6 at home can use.
+    if !config.bind_addr.ip().is_unspecified() {
+        builder = builder.clear_ip_transports();
     }
     builder
         .bind_addr(config.bind_addr)

@@ -60,6 +60,22 @@ fn events() -> mpsc::Sender<classe_node::FetchEvent> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_address_is_the_only_socket() -> Result<()> {
+    // `--bind 127.0.0.1:0` once also opened [::]:port on every IPv6
+    // interface.
+    let dir = tempfile::tempdir()?;
+    let n = node(dir.path(), "n").await?;
+    let bound = n.bound_sockets();
+    assert!(!bound.is_empty());
+    assert!(
+        bound.iter().all(|a| a.ip().is_loopback() && a.is_ipv4()),
+        "sockets beyond the bind address: {bound:?}"
+    );
+    n.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teacher_and_two_pupils_share_on_loopback() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let author = AuthorSecret::generate();
