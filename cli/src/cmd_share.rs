@@ -74,7 +74,13 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
         }
     };
     for s in &imported.skipped {
-        eprintln!("warning: skipped {}: {}", s.path.display(), s.reason);
+        // Escaped: a file name with a newline must not forge a line of
+        // our output.
+        eprintln!(
+            "warning: skipped {}: {}",
+            s.path.display().to_string().escape_debug(),
+            s.reason
+        );
     }
     let manifest = imported.manifest.manifest();
     node.serve_bundle(imported.root, manifest);

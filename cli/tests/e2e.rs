@@ -408,3 +408,26 @@ fn tickets_carry_the_discovery_port_unless_discovery_is_off() {
     let (status, err) = without.stop();
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn a_skipped_name_with_a_newline_cannot_forge_an_output_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lesson = dir.path().join("lesson");
+    make_lesson(&lesson, 1000);
+    // A symbolic link is skipped with a warning naming it; its name holds
+    // a newline and what looks like a line of classe's own.
+    std::os::unix::fs::symlink("notes.txt", lesson.join("x\nerror: forged line")).unwrap();
+    let teacher = User::new(dir.path(), "teacher");
+    let sharer = teacher.share(&lesson, &["--no-discovery"]);
+    let (status, err) = sharer.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: skipped") && l.contains("\\n")),
+        "the skip warning does not name the link escaped: {err}"
+    );
+    assert!(
+        !err.lines().any(|l| l.starts_with("error: forged line")),
+        "a file name forged a line: {err}"
+    );
+}
