@@ -271,6 +271,7 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
         // How each provider's bytes travelled: direct or relayed (QUIC
         // datagram bytes, overhead included).
         let all_paths = node.path_bytes();
+        let me = node.provider_info();
         let provider_paths: std::collections::BTreeMap<&String, &classe_node::PathBytes> = report
             .per_provider
             .keys()
@@ -295,8 +296,8 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             "dht_lookup": lookup.lock().ok().and_then(|l| *l).map(|(providers, seconds)| {
                 serde_json::json!({ "providers": providers, "seconds": seconds })
             }),
-            "addrs": node.provider_info().addrs,
-            "relay_url": node.provider_info().relay_url,
+            "addrs": me.addrs,
+            "relay_url": me.relay_url,
             "first_byte_secs": report.first_byte_secs,
             // How each provider's bytes travelled: direct or relayed
             // (QUIC datagram bytes, overhead included).

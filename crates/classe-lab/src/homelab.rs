@@ -491,7 +491,8 @@ pub fn table(results: &[HomeLabResult]) -> String {
     s
 }
 
-/// Appends `result` to `dir/results.jsonl` and rewrites `dir/results.md`.
+/// Appends `result` to `dir/results.jsonl` (the table is printed by the
+/// caller with [`table`]).
 pub fn record(dir: &Path, result: &HomeLabResult) -> Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;

@@ -280,11 +280,13 @@ impl Node {
                 if !tried.insert(info.node_id) {
                     continue;
                 }
+                let Some(info) = self.dialable(info) else {
+                    continue;
+                };
                 connecting.insert(info.node_id);
                 let endpoint = self.endpoint().clone();
                 let timeout = self.config().connect_timeout;
                 let tx = tx.clone();
-                let info = self.dialable(info);
                 tokio::spawn(async move {
                     let result = match endpoint_addr(&info) {
                         None => Err("invalid node id".to_string()),

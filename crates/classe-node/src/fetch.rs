@@ -22,7 +22,7 @@ use classe_bundle::{
     AuthorKey, ManifestError, ProviderInfo, SignedManifest,
 };
 use classe_store::ReadError;
-use iroh::{endpoint::Connection, EndpointAddr, PublicKey, TransportAddr};
+use iroh::endpoint::Connection;
 use iroh_blobs::{
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
     Hash,
@@ -445,22 +445,16 @@ impl Node {
             if info.node_id == own_id || !seen.insert(info.node_id) {
                 continue;
             }
+            let Some(info) = self.dialable(info.clone()) else {
+                continue;
+            };
             let endpoint = self.endpoint().clone();
-            let info = self.dialable(info.clone());
             let timeout = self.config().connect_timeout;
             set.spawn(async move {
                 let peer = data_encoding::HEXLOWER.encode(&info.node_id);
                 let result = async {
-                    let id = PublicKey::from_bytes(&info.node_id)
-                        .map_err(|_| "invalid node id in ticket".to_string())?;
-                    let mut addrs: Vec<TransportAddr> =
-                        info.addrs.iter().copied().map(TransportAddr::Ip).collect();
-                    if let Some(url) = &info.relay_url {
-                        if let Ok(url) = url.parse() {
-                            addrs.push(TransportAddr::Relay(url));
-                        }
-                    }
-                    let addr = EndpointAddr::from_parts(id, addrs);
+                    let addr = crate::download::endpoint_addr(&info)
+                        .ok_or_else(|| "invalid node id in ticket".to_string())?;
                     match tokio::time::timeout(timeout, endpoint.connect(addr, iroh_blobs::ALPN))
                         .await
                     {

@@ -60,10 +60,10 @@ pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
 /// How long spawning waits for the school relay to answer, so the first
 /// ticket already carries the relay and the public address. A relay that
 /// is down costs this once; the node then goes on with direct addresses
-/// and joins the relay when it comes back.
-/// Six seconds: a net report waits up to 3 s for an IPv6 probe that a
-/// relay listening on IPv4 only never answers (a host name that also
-/// resolves to ::1 or an AAAA record), then the relay handshake follows.
+/// and joins the relay when it comes back. Six seconds because a net
+/// report waits up to 3 s for an IPv6 probe that a relay listening on
+/// IPv4 only never answers (a host name that also resolves to ::1 or an
+/// AAAA record), and the relay handshake comes after it.
 const RELAY_WAIT: Duration = Duration::from_secs(6);
 
 /// The longest each step of [`Node::shutdown`] may take.
@@ -320,12 +320,13 @@ impl Node {
     /// `info` ready to dial: a provider that names no address and no relay
     /// (the DHT found it, but it could not be dialled over TCP: at home
     /// behind its router) is tried by node id through our relay, the
-    /// school's, which both sides use.
-    pub(crate) fn dialable(&self, mut info: ProviderInfo) -> ProviderInfo {
+    /// school's, which both sides use. None if there is no way to dial it
+    /// (no relay of ours either): nothing to try, nothing to warn about.
+    pub(crate) fn dialable(&self, mut info: ProviderInfo) -> Option<ProviderInfo> {
         if info.addrs.is_empty() && info.relay_url.is_none() {
-            info.relay_url = self.config.relay_url.clone();
+            info.relay_url = Some(self.config.relay_url.clone()?);
         }
-        info
+        Some(info)
     }
 
     /// The UDP sockets the endpoint listens on.

@@ -234,6 +234,14 @@ fn server_tls(
         path: key.to_path_buf(),
         source,
     })?;
+    tls13(chain, key)
+}
+
+/// A TLS 1.3 server configuration (QUIC needs 1.3) for `chain` and `key`.
+fn tls13(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, RelayError> {
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(RelayError::Tls)?
@@ -249,12 +257,7 @@ fn self_signed(host: &str) -> Result<rustls::ServerConfig, RelayError> {
         .to_string();
     let cert = rcgen::generate_simple_self_signed(vec![name]).map_err(RelayError::SelfSigned)?;
     let key = PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(RelayError::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .map_err(RelayError::Tls)
+    tls13(vec![cert.cert.der().clone()], key)
 }
 
 /// Parses a `--relay` value: only `http://` and `https://` URLs with a
