@@ -9,6 +9,7 @@
 //!   version, files with their sizes and BLAKE3 hashes), its canonical
 //!   encoding and its signature;
 //! - [`path`]: which relative paths are safe to write on a pupil's disk;
+//! - [`swarm_wire`]: the messages of the swarm protocol and their frames;
 //! - [`ticket`]: the short text a teacher hands out;
 //! - [`trust`]: the list of authors a pupil accepts.
 //!
@@ -23,6 +24,7 @@ pub mod announce;
 pub mod keys;
 pub mod manifest;
 pub mod path;
+pub mod swarm_wire;
 pub mod ticket;
 pub mod trust;
 

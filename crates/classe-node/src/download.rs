@@ -552,6 +552,7 @@ impl Node {
             // Our addresses as of now: the public one and a port mapping
             // may have been learnt since the download started.
             self.provider_info(),
+            self.config().leaves_when_done,
             self.config().connect_timeout,
             tx.clone(),
         ))
@@ -566,6 +567,7 @@ async fn session(
     info: ProviderInfo,
     root: Hash,
     me: ProviderInfo,
+    leaves_when_done: bool,
     timeout: Duration,
     tx: mpsc::Sender<DriverEvent>,
 ) {
@@ -582,6 +584,7 @@ async fn session(
             &ClientMsg::Hello {
                 root: *root.as_bytes(),
                 me: Some(me),
+                leaves_when_done,
             },
         )
         .await

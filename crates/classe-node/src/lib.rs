@@ -98,6 +98,11 @@ pub struct NodeConfig {
     /// The control plane (DHT, gossip, mDNS). None: tickets only. Its
     /// `data_addrs` are filled in from the endpoint.
     pub control: Option<ControlConfig>,
+    /// This node stops serving a bundle as soon as it holds it whole
+    /// (`classe fetch --no-seed`): it says so to the peers it fetches
+    /// from, so a seed does not count what it sends us as passed on to
+    /// the class.
+    pub leaves_when_done: bool,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +118,7 @@ impl Default for NodeConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             control: None,
+            leaves_when_done: false,
         }
     }
 }

@@ -33,14 +33,27 @@ use iroh_blobs::provider::events::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{swarm::Registry, traffic::Traffic, NodeConfig};
+use crate::{
+    swarm::{Admission, Registry, Verdict},
+    traffic::Traffic,
+    NodeConfig,
+};
 
 /// Event channel capacity. The provider waits when it is full, which is
 /// the back-pressure we want rather than unbounded memory.
 const EVENT_CAPACITY: usize = 256;
 
 /// Requests served at once; the rest wait in line.
-pub(crate) const SERVING: usize = 4;
+pub(crate) const SERVING: usize = 8;
+/// Requests one connection may have in service at once. A peer that
+/// vanished (a laptop lid closed, Wi-Fi gone, kill -9) holds at most this
+/// many of the [`SERVING`] slots, and only until they stall.
+const PER_PEER_SERVING: usize = 2;
+/// A request in service that sends nothing for this long gives its
+/// [`SERVING`] slot to the next in line: its peer is gone or cannot take
+/// more, and the QUIC idle timeout that will close its connection is
+/// seconds away. (It keeps its per-peer slot until it ends.)
+const STALLED: Duration = Duration::from_secs(2);
 /// With an upload cap: the longest a request may expect to wait in line.
 pub(crate) const MAX_QUEUE: Duration = Duration::from_secs(10);
 /// Without an upload cap: the most requests waiting in line.
@@ -172,8 +185,7 @@ async fn run(
     pacer: Option<Arc<Pacer>>,
     cancel: CancellationToken,
 ) {
-    // connection id → peer node id (hex)
-    let mut peers: HashMap<u64, String> = HashMap::new();
+    let mut peers: HashMap<u64, Conn> = HashMap::new();
     loop {
         let msg = tokio::select! {
             biased;
@@ -186,76 +198,52 @@ async fn run(
                     tracing::info!(limit = max_connections, "refusing a peer: connection limit");
                     Err(AbortReason::RateLimited)
                 } else {
-                    let peer = msg
-                        .inner
-                        .endpoint_id
-                        .map(|id| id.to_string())
-                        .unwrap_or_else(|| "unknown".into());
-                    tracing::debug!(%peer, "peer connected");
-                    peers.insert(msg.inner.connection_id, peer);
+                    let conn = Conn::new(msg.inner.endpoint_id, &cancel);
+                    tracing::debug!(peer = %conn.name, "peer connected");
+                    peers.insert(msg.inner.connection_id, conn);
                     Ok(())
                 };
                 msg.tx.send(verdict).await.ok();
             }
             ProviderMessage::ConnectionClosed(msg) => {
-                peers.remove(&msg.inner.connection_id);
+                // Its requests still waiting in line leave it at once.
+                if let Some(conn) = peers.remove(&msg.inner.connection_id) {
+                    conn.closed.cancel();
+                }
             }
             ProviderMessage::GetRequestReceived(msg) => {
-                use std::sync::atomic::Ordering::Relaxed;
-                let peer = peer_of(&peers, msg.inner.connection_id);
-                let request = &msg.inner.request;
-                let hash = request.hash;
-                // The seed's rule: no piece again while on its way or just sent.
-                let piece = registry.admit_piece(request);
-                if piece == Some(None) {
+                let Some(conn) = peers.get(&msg.inner.connection_id) else {
                     msg.tx.send(Err(AbortReason::Permission)).await.ok();
                     continue;
-                }
-                let piece = piece.flatten();
-                let bytes = estimate(request);
-                if queue.too_long(bytes) {
-                    if let Some((root, pieces)) = piece.clone() {
-                        registry.undo_piece(root, pieces);
+                };
+                // The seed's rule: no piece again while on its way or just sent.
+                let admission = match registry.admit_piece(&msg.inner.request, conn.id) {
+                    Verdict::Declined => {
+                        msg.tx.send(Err(AbortReason::Permission)).await.ok();
+                        continue;
                     }
-                    tracing::debug!(%peer, "declining a request: upload queue full");
+                    Verdict::Free => None,
+                    Verdict::Admitted(a) => Some(a),
+                };
+                let bytes = estimate(&msg.inner.request);
+                if queue.too_long(bytes) {
+                    tracing::debug!(peer = %conn.name, "declining a request: upload queue full");
                     msg.tx.send(Err(AbortReason::RateLimited)).await.ok();
                     continue;
                 }
-                queue.queued_bytes.fetch_add(bytes, Relaxed);
-                queue.waiting.fetch_add(1, Relaxed);
-                let queue = queue.clone();
-                let traffic = traffic.clone();
-                let registry = registry.clone();
-                let cancel = cancel.clone();
-                tokio::spawn(async move {
-                    // Wait in line for one of the SERVING permits.
-                    let permit = tokio::select! {
-                        _ = cancel.cancelled() => None,
-                        p = queue.permits.clone().acquire_owned() => p.ok(),
-                    };
-                    queue.waiting.fetch_sub(1, Relaxed);
-                    let Some(permit) = permit else {
-                        queue.queued_bytes.fetch_sub(bytes, Relaxed);
-                        return;
-                    };
-                    if msg.tx.send(Ok(())).await.is_err() {
-                        queue.queued_bytes.fetch_sub(bytes, Relaxed);
-                        return;
-                    }
-                    let aborted = count_transfer(msg.rx, &traffic, &peer, hash, &cancel).await;
-                    if let Some((root, pieces)) = piece {
-                        if aborted {
-                            registry.undo_piece(root, pieces);
-                        } else {
-                            registry.sent_piece(root, pieces);
-                        }
-                    }
-                    queue.queued_bytes.fetch_sub(bytes, Relaxed);
-                    drop(permit);
-                });
+                tokio::spawn(serve(
+                    msg,
+                    conn.clone(),
+                    admission,
+                    bytes,
+                    queue.clone(),
+                    traffic.clone(),
+                ));
             }
             ProviderMessage::GetManyRequestReceivedNotify(msg) => {
-                let peer = peer_of(&peers, msg.inner.connection_id);
+                let peer = peers
+                    .get(&msg.inner.connection_id)
+                    .map_or_else(|| "unknown".to_string(), |c| c.name.clone());
                 let hash = msg.inner.request.hashes.first().copied();
                 if let Some(hash) = hash {
                     spawn_counter(msg.rx, traffic.clone(), peer, hash, cancel.clone());
@@ -283,27 +271,100 @@ async fn run(
     }
 }
 
-fn peer_of(peers: &HashMap<u64, String>, connection_id: u64) -> String {
-    peers
-        .get(&connection_id)
-        .cloned()
-        .unwrap_or_else(|| "unknown".into())
+/// One connection of a peer fetching from us.
+#[derive(Clone)]
+struct Conn {
+    id: Option<iroh::EndpointId>,
+    /// For logs and traffic counts.
+    name: String,
+    /// Cancelled when the connection closes (or the node stops).
+    closed: CancellationToken,
+    /// Its [`PER_PEER_SERVING`] slots.
+    lane: Arc<tokio::sync::Semaphore>,
+}
+
+impl Conn {
+    fn new(id: Option<iroh::EndpointId>, node: &CancellationToken) -> Self {
+        Self {
+            id,
+            name: id.map_or_else(|| "unknown".to_string(), |id| id.to_string()),
+            closed: node.child_token(),
+            lane: Arc::new(tokio::sync::Semaphore::new(PER_PEER_SERVING)),
+        }
+    }
+}
+
+/// Waits in line for a slot of the connection, then a [`SERVING`] slot,
+/// serves the request and settles its admission by the seed rule. Leaves
+/// the line as soon as the connection closes.
+async fn serve(
+    msg: irpc::WithChannels<
+        iroh_blobs::provider::events::RequestReceived<iroh_blobs::protocol::GetRequest>,
+        iroh_blobs::provider::events::ProviderProto,
+    >,
+    conn: Conn,
+    admission: Option<Admission>,
+    bytes: u64,
+    queue: Arc<UploadQueue>,
+    traffic: Arc<Traffic>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    queue.queued_bytes.fetch_add(bytes, Relaxed);
+    queue.waiting.fetch_add(1, Relaxed);
+    let slots = tokio::select! {
+        _ = conn.closed.cancelled() => None,
+        slots = async {
+            let lane = conn.lane.clone().acquire_owned().await.ok()?;
+            let serving = queue.permits.clone().acquire_owned().await.ok()?;
+            Some((lane, serving))
+        } => slots,
+    };
+    queue.waiting.fetch_sub(1, Relaxed);
+    let sent = match slots {
+        Some((_lane, serving)) if msg.tx.send(Ok(())).await.is_ok() => {
+            let mut serving = Some(serving);
+            let hash = msg.inner.request.hash;
+            !count_transfer(
+                msg.rx,
+                &traffic,
+                &conn.name,
+                hash,
+                &conn.closed,
+                &mut serving,
+            )
+            .await
+        }
+        // The line was left, or the request went away while it waited.
+        _ => false,
+    };
+    queue.queued_bytes.fetch_sub(bytes, Relaxed);
+    // Dropping an unsent admission gives its pieces back.
+    if let (true, Some(admission)) = (sent, admission) {
+        admission.sent();
+    }
 }
 
 /// Follows one request's updates and counts the payload bytes it sent.
-/// Returns true if the transfer was aborted before it completed.
+/// Returns true if the transfer was aborted before it completed. A
+/// request that sends nothing for [`STALLED`] gives up `slot` (if any).
 async fn count_transfer(
     mut updates: irpc::channel::mpsc::Receiver<RequestUpdate>,
     traffic: &Traffic,
     peer: &str,
     request_hash: iroh_blobs::Hash,
     cancel: &CancellationToken,
+    slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> bool {
     let mut current = request_hash;
     loop {
         let update = tokio::select! {
             _ = cancel.cancelled() => return true,
             u = updates.recv() => u,
+            _ = tokio::time::sleep(STALLED), if slot.is_some() => {
+                tracing::debug!(%peer, "request stalled: its serving slot goes to the next in line");
+                *slot = None;
+                continue;
+            }
         };
         match update {
             Ok(Some(RequestUpdate::Started(s))) => current = s.hash,
@@ -330,7 +391,7 @@ fn spawn_counter(
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
-        count_transfer(updates, &traffic, &peer, request_hash, &cancel).await;
+        count_transfer(updates, &traffic, &peer, request_hash, &cancel, &mut None).await;
     });
 }
 

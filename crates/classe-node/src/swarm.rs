@@ -18,78 +18,83 @@
 //! metadata, in length-prefixed postcard frames of bounded size.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
-use classe_bundle::ProviderInfo;
+pub(crate) use classe_bundle::swarm_wire::{ClientMsg, Have, ServerMsg};
+use classe_bundle::{swarm_wire, ProviderInfo};
 use classe_store::Store;
 use classe_swarm::{BitSet, Layout, PieceId};
 use iroh::{endpoint::Connection, protocol::AcceptError};
 use iroh_blobs::Hash;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::{io::AsyncReadExt, sync::mpsc};
 
 /// The protocol's ALPN.
 pub const ALPN: &[u8] = b"classe/swarm/1";
 
-/// Largest frame accepted.
-const MAX_FRAME: usize = 256 * 1024;
 /// Most peers remembered per bundle, and sent in one Welcome.
 const MAX_PEERS: usize = 64;
 /// Updates queued for one subscriber before it is dropped as too slow.
 const SUBSCRIBER_QUEUE: usize = 256;
 /// Sessions one connection may hold open at once (one per bundle).
 const MAX_SESSIONS_PER_CONNECTION: usize = 8;
+/// Most peers remembered per bundle as leaving when done; past it the
+/// list starts again (a forgotten leaver is treated as a sharer: the
+/// class's one-copy rule, at worst slower for it).
+const MAX_LEAVERS: usize = 4096;
 
-/// What a fetcher says first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ClientMsg {
-    /// "I want (or have) `root`; here is how to reach me."
-    Hello {
-        root: [u8; 32],
-        me: Option<ProviderInfo>,
-    },
+/// The seed's verdict on a request (see [`Registry::admit_piece`]).
+pub(crate) enum Verdict {
+    /// Not a request the seed rule applies to.
+    Free,
+    /// Declined: the pieces are on their way to someone, or just left.
+    Declined,
+    /// Admitted: the guard undoes the admission unless told it was sent.
+    Admitted(Admission),
 }
 
-/// Which pieces a node has.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) enum Have {
-    /// Nothing, or it does not know the bundle.
-    None,
-    /// Every piece.
-    All,
-    /// These pieces: bit i of word i/64.
-    Some(Vec<u64>),
+/// Pieces admitted by the seed rule and not yet sent. Dropping it without
+/// [`Admission::sent`] gives them back: whatever ends a request early (the
+/// peer left, its connection died, the task was cancelled) cannot leave
+/// them "on their way" for ever. That leak once made a seed decline the
+/// same pieces to a whole class until every fetch stalled.
+pub(crate) struct Admission {
+    registry: Arc<Registry>,
+    root: Hash,
+    pieces: std::ops::RangeInclusive<PieceId>,
+    /// False for a peer that leaves when done: its copy does not count.
+    counts: bool,
+    settled: bool,
 }
 
-/// What the holder answers, then streams.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ServerMsg {
-    /// The answer to Hello.
-    Welcome {
-        /// Piece count of its layout (0 if it does not know the bundle).
-        pieces: u32,
-        have: Have,
-        peers: Vec<ProviderInfo>,
-    },
-    /// Something new.
-    Update {
-        pieces: Vec<PieceId>,
-        peers: Vec<ProviderInfo>,
-    },
+impl Admission {
+    /// The pieces left in full.
+    pub(crate) fn sent(mut self) {
+        self.settled = true;
+        if self.counts {
+            self.registry.sent_piece(self.root, self.pieces.clone());
+        } else {
+            self.registry.undo_piece(self.root, self.pieces.clone());
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.registry.undo_piece(self.root, self.pieces.clone());
+        }
+    }
 }
 
 pub(crate) async fn write_frame<T: Serialize>(
     send: &mut iroh::endpoint::SendStream,
     msg: &T,
 ) -> std::io::Result<()> {
-    let bytes = postcard::to_stdvec(msg).map_err(std::io::Error::other)?;
-    send.write_u32(bytes.len() as u32).await?;
-    send.write_all(&bytes).await?;
+    let frame = swarm_wire::encode(msg).map_err(std::io::Error::other)?;
+    send.write_all(&frame).await?;
     Ok(())
 }
 
@@ -97,22 +102,15 @@ pub(crate) async fn read_frame<T: for<'a> Deserialize<'a>>(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> std::io::Result<Option<T>> {
     let len = match recv.read_u32().await {
-        Ok(len) => len as usize,
+        Ok(len) => swarm_wire::check_len(len).map_err(std::io::Error::other)?,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     };
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!(
-            "frame of {len} bytes is too large"
-        )));
-    }
     let mut buf = vec![0u8; len];
     AsyncReadExt::read_exact(recv, &mut buf).await?;
-    let (msg, rest) = postcard::take_from_bytes(&buf).map_err(std::io::Error::other)?;
-    if !rest.is_empty() {
-        return Err(std::io::Error::other("trailing bytes in frame"));
-    }
-    Ok(Some(msg))
+    swarm_wire::decode(&buf)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }
 
 /// The pieces of a bundle: its distinct non-empty file blobs, in manifest
@@ -158,6 +156,9 @@ struct RootState {
     policy: Option<(classe_swarm::SeedPolicy, std::time::Instant)>,
     peers: VecDeque<ProviderInfo>,
     subscribers: Vec<(iroh::EndpointId, mpsc::Sender<ServerMsg>)>,
+    /// Peers that said they stop serving once done (bounded by
+    /// [`MAX_LEAVERS`]).
+    leavers: HashSet<iroh::EndpointId>,
 }
 
 impl RootState {
@@ -168,6 +169,7 @@ impl RootState {
             policy: None,
             peers: VecDeque::new(),
             subscribers: Vec::new(),
+            leavers: HashSet::new(),
         }
     }
 
@@ -219,30 +221,18 @@ impl Registry {
         self.start(root, layout, have);
     }
 
-    /// The seed's rule for a request: `None` if the request is not for
-    /// pieces of a bundle we hold whole (no rule applies); `Some(None)` to
-    /// decline it; `Some(Some((root, pieces)))` when admitted and counted.
-    /// A request for a run of pieces is admitted only if every piece is.
+    /// The seed's rule for a request from `from`: [`Verdict::Free`] if the
+    /// request is not for pieces of a bundle we hold whole; otherwise
+    /// declined or admitted. A request for a run of pieces is admitted
+    /// only if every piece is.
     pub fn admit_piece(
-        &self,
+        self: &Arc<Self>,
         request: &iroh_blobs::protocol::GetRequest,
-    ) -> Option<Option<(Hash, std::ops::RangeInclusive<PieceId>)>> {
-        if !request.ranges.is_blob() {
-            tracing::debug!(?request, "seed policy: not a blob request");
-            return None;
-        }
-        let ranges = request.ranges.iter().next()?;
-        let mut iter = ranges.iter();
-        let first = iter.next()?;
-        if iter.next().is_some() {
-            tracing::debug!(?request, "seed policy: several ranges");
-            return None;
-        }
-        let range_collections::range_set::RangeSetRange::Range(r) = first else {
-            tracing::debug!(?request, "seed policy: open range");
-            return None;
+        from: Option<iroh::EndpointId>,
+    ) -> Verdict {
+        let Some((start, end)) = single_range(request) else {
+            return Verdict::Free;
         };
-        let (start, end) = (r.start.0 * 1024, r.end.0 * 1024);
         let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
         for (root, state) in roots.iter_mut() {
             let (Some(layout), Some((policy, clock))) = (&state.layout, &mut state.policy) else {
@@ -261,22 +251,38 @@ impl Registry {
                 .count();
             if live <= 1 {
                 tracing::debug!(live, "seed policy: no rule");
-                return None;
+                return Verdict::Free;
             }
-            let first = layout.layout.piece_at(file, start)?;
+            let Some(first) = layout.layout.piece_at(file, start) else {
+                return Verdict::Free;
+            };
             let last = layout
                 .layout
                 .piece_at(file, end.saturating_sub(1))
                 .unwrap_or(first);
-            let admitted = policy.admit_run(first..=last, clock.elapsed());
-            tracing::debug!(first, last, admitted, "seed policy");
-            return Some(admitted.then_some((*root, first..=last)));
+            let leaver = from.is_some_and(|id| state.leavers.contains(&id));
+            let admitted = if leaver {
+                policy.admit_run_to_leaver(first..=last)
+            } else {
+                policy.admit_run(first..=last, clock.elapsed())
+            };
+            tracing::debug!(first, last, admitted, leaver, "seed policy");
+            if !admitted {
+                return Verdict::Declined;
+            }
+            return Verdict::Admitted(Admission {
+                registry: self.clone(),
+                root: *root,
+                pieces: first..=last,
+                counts: !leaver,
+                settled: false,
+            });
         }
-        None
+        Verdict::Free
     }
 
     /// Admitted pieces were not sent after all.
-    pub fn undo_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
+    fn undo_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
         self.with(root, |s| {
             if let Some((policy, _)) = &mut s.policy {
                 policy.undo(pieces);
@@ -285,7 +291,7 @@ impl Registry {
     }
 
     /// Admitted pieces have been sent.
-    pub fn sent_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
+    fn sent_piece(&self, root: Hash, pieces: std::ops::RangeInclusive<PieceId>) {
         self.with(root, |s| {
             if let Some((policy, clock)) = &mut s.policy {
                 policy.finished(pieces, clock.elapsed());
@@ -325,6 +331,7 @@ impl Registry {
         root: Hash,
         from: iroh::EndpointId,
         me: Option<ProviderInfo>,
+        leaves_when_done: bool,
         complete: Option<Arc<BundleLayout>>,
     ) -> (ServerMsg, mpsc::Receiver<ServerMsg>) {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
@@ -356,6 +363,14 @@ impl Registry {
             }
             s.subscribers.retain(|(id, _)| *id != from);
             s.subscribers.push((from, tx));
+            if leaves_when_done {
+                if s.leavers.len() >= MAX_LEAVERS {
+                    s.leavers.clear();
+                }
+                s.leavers.insert(from);
+            } else {
+                s.leavers.remove(&from);
+            }
             let (pieces, have) = match &s.layout {
                 None => (0, Have::None),
                 Some(l) if s.have.is_full() => (l.layout.piece_count(), Have::All),
@@ -369,6 +384,26 @@ impl Registry {
         });
         (welcome, rx)
     }
+}
+
+/// The byte range of a request for one bounded range of one blob.
+fn single_range(request: &iroh_blobs::protocol::GetRequest) -> Option<(u64, u64)> {
+    if !request.ranges.is_blob() {
+        tracing::debug!(?request, "seed policy: not a blob request");
+        return None;
+    }
+    let ranges = request.ranges.iter().next()?;
+    let mut iter = ranges.iter();
+    let first = iter.next()?;
+    if iter.next().is_some() {
+        tracing::debug!(?request, "seed policy: several ranges");
+        return None;
+    }
+    let range_collections::range_set::RangeSetRange::Range(r) = first else {
+        tracing::debug!(?request, "seed policy: open range");
+        return None;
+    };
+    Some((r.start.0 * 1024, r.end.0 * 1024))
 }
 
 fn remember(peers: &mut VecDeque<ProviderInfo>, info: ProviderInfo) {
@@ -450,7 +485,12 @@ impl Handler {
         mut send: iroh::endpoint::SendStream,
         mut recv: iroh::endpoint::RecvStream,
     ) -> std::io::Result<()> {
-        let Some(ClientMsg::Hello { root, me }) = read_frame(&mut recv).await? else {
+        let Some(ClientMsg::Hello {
+            root,
+            me,
+            leaves_when_done,
+        }) = read_frame(&mut recv).await?
+        else {
             return Ok(());
         };
         // A peer may describe only itself.
@@ -459,7 +499,9 @@ impl Handler {
         });
         let root = Hash::from_bytes(root);
         let complete = self.complete_layout(root).await;
-        let (welcome, mut updates) = self.registry.hello(root, from, me, complete);
+        let (welcome, mut updates) =
+            self.registry
+                .hello(root, from, me, leaves_when_done, complete);
         write_frame(&mut send, &welcome).await?;
         loop {
             tokio::select! {
