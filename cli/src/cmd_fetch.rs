@@ -145,7 +145,9 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
         check_destination(out)?;
     }
 
-    let node = home.spawn_node(&args.net).await?;
+    let mut config = home.node_config(&args.net)?;
+    config.leaves_when_done = args.no_seed;
+    let node = home.spawn_node_with(config).await?;
     node.discard_control_events();
     let root = ticket.root;
     let request = FetchRequest {
@@ -189,6 +191,15 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
                     eprintln!(
                         "warning: stopped using {}: {reason}",
                         &peer[..10.min(peer.len())]
+                    )
+                }),
+                FetchEvent::Stalled {
+                    seconds,
+                    missing_pieces,
+                    peers,
+                } => ui_bar.suspend(|| {
+                    eprintln!(
+                        "warning: nothing received for {seconds} s ({missing_pieces} piece(s) missing, {peers} peer(s) connected); asking every provider known again"
                     )
                 }),
             }

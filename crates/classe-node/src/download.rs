@@ -90,6 +90,11 @@ const LOOKUP_BELOW_PEERS: usize = 4;
 /// With discovery running, how long a download with no peer at all waits
 /// for one to turn up before giving up.
 const ALONE_PATIENCE: Duration = Duration::from_secs(15);
+/// A download that receives nothing for this long says so, and asks
+/// every provider it knows of again (the ticket's, the ones peer exchange
+/// and the DHT named, a fresh DHT lookup). It gives up after
+/// [`crate::NodeConfig::stall_timeout`] without a byte.
+pub(crate) const STALL_WARN: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Outcome {
@@ -234,9 +239,11 @@ impl Node {
         let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
         let idle = self.config().idle_timeout;
         tried.insert(self.id());
+        let mut known: Vec<ProviderInfo> = Vec::new();
 
         for p in providers {
             tried.insert(p.info.node_id);
+            known.push(p.info.clone());
             self.add_peer(&mut peers, &mut sched, started, root, p.info, p.conn, &tx);
         }
         for info in self.swarm_registry().peers(root) {
@@ -269,11 +276,18 @@ impl Node {
             })
         });
         let mut alone_since: Option<Instant> = None;
+        let mut stall = Stall::new(self.config().stall_timeout);
+        let mut corrupt: Vec<NodeKey> = Vec::new();
         let mut providing = done_before > 0;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_path_check = Instant::now();
+        // Dials in progress: aborted when the download ends, so that a
+        // classmate who left cannot hold the exit up with a handshake
+        // that waits for its timeout.
+        let mut dials = tokio::task::JoinSet::new();
         let result = loop {
+            while dials.try_join_next().is_some() {}
             // Dial learned peers while there is room.
             while peers.len() + connecting.len() < MAX_PEERS {
                 let Some(info) = backlog.pop() else { break };
@@ -287,7 +301,7 @@ impl Node {
                 let endpoint = self.endpoint().clone();
                 let timeout = self.config().connect_timeout;
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                dials.spawn(async move {
                     let result = match endpoint_addr(&info) {
                         None => Err("invalid node id".to_string()),
                         Some(addr) => match tokio::time::timeout(
@@ -384,12 +398,45 @@ impl Node {
                     alone_since.get_or_insert_with(Instant::now).elapsed() >= ALONE_PATIENCE
                 }
             };
+            let missing = layout.layout.piece_count() - sched.have().count();
             if waited {
-                break Err(FetchError::NoProvider(format!(
-                    "every peer failed or left with {} of {} pieces still missing",
-                    layout.layout.piece_count() - sched.have().count(),
-                    layout.layout.piece_count()
-                )));
+                break Err(gave_up(
+                    &corrupt,
+                    format!(
+                        "every peer failed or left with {missing} of {} pieces still missing",
+                        layout.layout.piece_count()
+                    ),
+                ));
+            }
+            match stall.check(missing) {
+                StallCheck::Fine => {}
+                StallCheck::Warn(quiet) => {
+                    tracing::info!(
+                        "nothing received for {} s ({missing} of {} pieces missing, {} peer(s) connected); asking every provider known again",
+                        quiet.as_secs(),
+                        layout.layout.piece_count(),
+                        peers.len()
+                    );
+                    events
+                        .try_send(FetchEvent::Stalled {
+                            seconds: quiet.as_secs(),
+                            missing_pieces: missing,
+                            peers: peers.len(),
+                        })
+                        .ok();
+                    self.ask_again(root, &known, &peers, &mut tried, &mut backlog, &tx);
+                }
+                StallCheck::GiveUp(quiet) => {
+                    break Err(gave_up(
+                        &corrupt,
+                        format!(
+                            "nothing received from any of {} peer(s) for {} s with {missing} of {} pieces still missing: the peers that hold them refuse or do not answer",
+                            peers.len(),
+                            quiet.as_secs(),
+                            layout.layout.piece_count()
+                        ),
+                    ));
+                }
             }
 
             let event = tokio::select! {
@@ -467,6 +514,7 @@ impl Node {
                     sched.handle(now, Event::PeerLeft(peer));
                 }
                 DriverEvent::Progress(peer, bytes) => {
+                    stall.progress();
                     let key = hex(&peer);
                     *report.per_provider.entry(key.clone()).or_default() += bytes;
                     report
@@ -496,6 +544,10 @@ impl Node {
                         }
                         Err(Outcome::Fail(reason, detail)) => {
                             tracing::debug!(peer = %hex(&peer), piece, ?reason, %detail, "piece failed");
+                            if reason == FailReason::Corrupt && !corrupt.contains(&peer) {
+                                tracing::warn!(peer = %hex(&peer), %detail, "a peer sent data that does not match the lesson's hashes");
+                                corrupt.push(peer);
+                            }
                             sched.handle(now, Event::Failed(peer, piece, reason));
                         }
                         Err(Outcome::Local(reason)) => {
@@ -508,6 +560,7 @@ impl Node {
         if let Some(task) = lookups {
             task.abort();
         }
+        dials.abort_all();
         for (_, r) in requests.drain() {
             r.handle.abort();
         }
@@ -515,6 +568,37 @@ impl Node {
             p.session.abort();
         }
         result.map(|()| report)
+    }
+
+    /// After a stall: every provider known of may be dialled again (the
+    /// ticket's, peer exchange's, the DHT's), and the DHT is asked now.
+    fn ask_again(
+        &self,
+        root: Hash,
+        known: &[ProviderInfo],
+        peers: &HashMap<NodeKey, Peer>,
+        tried: &mut HashSet<NodeKey>,
+        backlog: &mut Vec<ProviderInfo>,
+        tx: &mpsc::Sender<DriverEvent>,
+    ) {
+        tried.retain(|k| peers.contains_key(k) || *k == self.id());
+        for info in known
+            .iter()
+            .cloned()
+            .chain(self.swarm_registry().peers(root))
+        {
+            if !peers.contains_key(&info.node_id) && backlog.len() < 256 {
+                backlog.push(info);
+            }
+        }
+        if let Some(control) = self.control().cloned() {
+            let tx = tx.clone();
+            let root = *root.as_bytes();
+            tokio::spawn(async move {
+                let found = control.find_providers(root, LOOKUP_WITHIN).await;
+                tx.send(DriverEvent::Discovered(found)).await.ok();
+            });
+        }
     }
 
     fn learn(&self, root: Hash, learned: Vec<ProviderInfo>, backlog: &mut Vec<ProviderInfo>) {
@@ -635,6 +719,63 @@ async fn session(
                 return;
             }
         }
+    }
+}
+
+/// Watches a download for time without a byte.
+struct Stall {
+    last: Instant,
+    warned: bool,
+    give_up: Duration,
+}
+
+enum StallCheck {
+    Fine,
+    /// Quiet for this long: say so and ask again (once per stall).
+    Warn(Duration),
+    /// Quiet for this long: give up.
+    GiveUp(Duration),
+}
+
+impl Stall {
+    fn new(give_up: Duration) -> Self {
+        Self {
+            last: Instant::now(),
+            warned: false,
+            give_up: give_up.max(STALL_WARN),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.last = Instant::now();
+        self.warned = false;
+    }
+
+    fn check(&mut self, missing: u32) -> StallCheck {
+        let quiet = self.last.elapsed();
+        if missing == 0 {
+            StallCheck::Fine
+        } else if quiet >= self.give_up {
+            StallCheck::GiveUp(quiet)
+        } else if quiet >= STALL_WARN && !self.warned {
+            self.warned = true;
+            StallCheck::Warn(quiet)
+        } else {
+            StallCheck::Fine
+        }
+    }
+}
+
+/// The error a download ends with: a verification error when a peer sent
+/// bytes that failed their hashes (its copy is damaged, or it lies), so
+/// the cause is named rather than "no provider".
+fn gave_up(corrupt: &[NodeKey], why: String) -> FetchError {
+    match corrupt.first() {
+        Some(peer) => FetchError::Verification(format!(
+            "peer {} sent data that does not match the lesson's hashes (its copy is damaged, or it is not honest); {why}",
+            &hex(peer)[..10]
+        )),
+        None => FetchError::NoProvider(why),
     }
 }
 

@@ -101,6 +101,15 @@ pub enum FetchEvent {
         /// Why.
         reason: String,
     },
+    /// Nothing arrived for a while; every provider known is asked again.
+    Stalled {
+        /// Seconds without a byte.
+        seconds: u64,
+        /// Pieces still missing.
+        missing_pieces: u32,
+        /// Peers connected.
+        peers: usize,
+    },
 }
 
 /// What a finished fetch did.

@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// How long a transfer may go without receiving a byte before the
     /// provider is given up.
     pub idle_timeout: Duration,
+    /// How long a whole download may go without receiving a byte, from
+    /// anybody, before it gives up (it says so on stderr after 10 s).
+    pub stall_timeout: Duration,
     /// The control plane (DHT, gossip, mDNS). None: tickets only. Its
     /// `data_addrs` are filled in from the endpoint.
     pub control: Option<ControlConfig>,
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
             max_connections: 64,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             control: None,
             leaves_when_done: false,
         }
@@ -441,6 +445,7 @@ async fn bind_endpoint(
     // Minimal preset: no n0 relays, no DNS/pkarr address publishing.
     let mut builder = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(node_key))
+        .transport_config(transport_config())
         .hooks(paths);
     match &config.relay_url {
         None => builder = builder.relay_mode(RelayMode::Disabled),
@@ -481,6 +486,27 @@ async fn bind_endpoint(
         .bind()
         .await
         .map_err(|e| bind_err(e.to_string()))
+}
+
+/// A peer that vanishes (a laptop lid closed, Wi-Fi gone, kill -9) holds
+/// the pieces queued for it and their upload slots until its connection
+/// times out. iroh's defaults (a ping every 5 s, 30 s of silence) kept a
+/// teacher's uplink waiting half a minute per vanished pupil; with a ping
+/// every second, ten seconds of silence end the connection. Ten, not
+/// three: Wi-Fi reconnects and cellular hand-offs take 2-10 s, and the
+/// relay path keeps a connection alive through a change of network.
+pub(crate) const QUIC_IDLE: Duration = Duration::from_secs(10);
+const QUIC_PING: Duration = Duration::from_secs(1);
+
+fn transport_config() -> iroh::endpoint::QuicTransportConfig {
+    let builder = iroh::endpoint::QuicTransportConfig::builder()
+        .keep_alive_interval(QUIC_PING)
+        .default_path_keep_alive_interval(QUIC_PING);
+    match iroh::endpoint::IdleTimeout::try_from(QUIC_IDLE) {
+        Ok(idle) => builder.max_idle_timeout(Some(idle)),
+        Err(_) => builder,
+    }
+    .build()
 }
 
 /// Our id, direct addresses and relay as the endpoint knows them now.

@@ -321,6 +321,14 @@ impl Registry {
         self.with(root, |s| remember(&mut s.peers, info));
     }
 
+    /// Forgets a peer of `root` that has left.
+    fn forget(&self, root: Hash, id: iroh::EndpointId) {
+        self.with(root, |s| {
+            s.peers.retain(|p| p.node_id != *id.as_bytes());
+            s.leavers.remove(&id);
+        });
+    }
+
     /// The peers known for `root`.
     pub fn peers(&self, root: Hash) -> Vec<ProviderInfo> {
         self.with(root, |s| s.peers.iter().cloned().collect())
@@ -502,21 +510,31 @@ impl Handler {
         let (welcome, mut updates) =
             self.registry
                 .hello(root, from, me, leaves_when_done, complete);
-        write_frame(&mut send, &welcome).await?;
-        loop {
-            tokio::select! {
-                msg = updates.recv() => match msg {
-                    Some(msg) => write_frame(&mut send, &msg).await?,
-                    None => return Ok(()),
-                },
-                // The fetcher closes its side when it is done.
-                r = recv.read_u8() => {
-                    if r.is_err() {
-                        return Ok(());
+        let result = async {
+            write_frame(&mut send, &welcome).await?;
+            loop {
+                tokio::select! {
+                    msg = updates.recv() => match msg {
+                        Some(msg) => write_frame(&mut send, &msg).await?,
+                        None => return Ok(()),
+                    },
+                    // The fetcher closes its side when it is done.
+                    r = recv.read_u8() => {
+                        if r.is_err() {
+                            return Ok(());
+                        }
                     }
                 }
             }
         }
+        .await;
+        // A peer that leaves when done is gone with its session: handing
+        // it out would send classmates to dial an address nobody answers
+        // (and hold their exit up while the handshake times out).
+        if leaves_when_done {
+            self.registry.forget(root, from);
+        }
+        result
     }
 
     /// The layout of `root` if the store holds it complete.
