@@ -44,7 +44,7 @@ use crate::{
 const EVENT_CAPACITY: usize = 256;
 
 /// Requests served at once; the rest wait in line.
-pub(crate) const SERVING: usize = 8;
+pub(crate) const SERVING: usize = 4;
 /// Requests one connection may have in service at once. A peer that
 /// vanished (a laptop lid closed, Wi-Fi gone, kill -9) holds at most this
 /// many of the [`SERVING`] slots, and only until they stall.

@@ -91,28 +91,6 @@ impl SeedPolicy {
         true
     }
 
-    /// A run asked by a peer that leaves as soon as it is done (it said
-    /// so): what it gets is not passed on, so the resend rule does not
-    /// apply, only "not while on its way to someone" (so that classmates
-    /// starting together still get different pieces, and pass them on
-    /// while they fetch). Completed, such a send is [`SeedPolicy::undo`]ne
-    /// rather than [`SeedPolicy::finished`]: it does not count as a copy
-    /// in the class.
-    pub fn admit_run_to_leaver(&mut self, pieces: std::ops::RangeInclusive<PieceId>) -> bool {
-        let busy = pieces
-            .clone()
-            .any(|p| self.in_flight.get(p as usize).is_some_and(|n| *n > 0));
-        if busy {
-            return false;
-        }
-        for p in pieces {
-            if let Some(n) = self.in_flight.get_mut(p as usize) {
-                *n = n.saturating_add(1);
-            }
-        }
-        true
-    }
-
     /// The admitted sends of `pieces` ended at `now`: they count as sent.
     pub fn finished(&mut self, pieces: std::ops::RangeInclusive<PieceId>, now: Duration) {
         for p in pieces {
@@ -218,24 +196,6 @@ mod tests {
         policy.undo(0..=0);
         assert_eq!(policy.sent(0), 0);
         assert!(policy.admit(0, T0));
-    }
-
-    #[test]
-    fn a_leaver_gets_what_was_sent_but_not_what_is_on_its_way() {
-        let mut policy = SeedPolicy::new(3);
-        assert!(send(&mut policy, 0, T0));
-        // Sent to the class just now: a classmate who stays must wait, a
-        // leaver is served (what it gets leaves with it).
-        assert!(!policy.admit(0, at(1)));
-        assert!(policy.admit_run_to_leaver(0..=0));
-        // On its way to the leaver: nobody else gets it at the same time.
-        assert!(!policy.admit_run_to_leaver(0..=1));
-        assert!(policy.admit_run_to_leaver(1..=1));
-        // The leaver's copies do not count as sent to the class.
-        policy.undo(0..=1);
-        assert_eq!(policy.sent(0), 1);
-        assert_eq!(policy.sent(1), 0);
-        assert!(policy.admit(1, at(2)), "piece 1 never reached a sharer");
     }
 
     #[test]
