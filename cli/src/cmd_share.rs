@@ -101,7 +101,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io("cannot write to stdout"))?;
     }
     eprintln!(
-        "Sharing \"{}\" version {}{}: {} file(s), {}.",
+        "Sharing \"{}\" version {}{}: {} file(s), {}{}.",
         manifest.title,
         manifest.version,
         if imported.unchanged {
@@ -110,8 +110,18 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             ""
         },
         manifest.files.len(),
+        match manifest.dirs.len() {
+            0 => String::new(),
+            n => format!("{n} empty folder(s), "),
+        },
         ui::bytes(manifest.total_size()),
     );
+    if !imported.skipped.is_empty() {
+        eprintln!(
+            "Left out: {} item(s), see the warnings above.",
+            imported.skipped.len()
+        );
+    }
     eprintln!("Signed by your author key {}.", secret.public());
     if let Err(e) = announced {
         eprintln!("warning: followers were not told about this version: {e}");
