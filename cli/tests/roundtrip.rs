@@ -310,3 +310,23 @@ fn a_file_rewritten_while_shared_is_never_published_torn() {
         ),
     }
 }
+
+#[test]
+fn nothing_left_to_share_is_a_usage_error_that_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let lesson = dir.path().join("lesson");
+    fs::create_dir_all(lesson.join("vide")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", lesson.join("lien")).unwrap();
+    fs::write(lesson.join("bad\nname.txt"), "x").unwrap();
+    let teacher = User::new(dir.path(), "teacher");
+    let out = teacher.run(&["share", lesson.to_str().unwrap(), "--bind", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warnings = err
+        .lines()
+        .filter(|l| l.starts_with("warning: skipped"))
+        .count();
+    assert_eq!(warnings, 2, "{err}");
+    assert!(err.contains("contains no files to share"), "{err}");
+    assert!(stdout(&out).is_empty());
+}

@@ -87,8 +87,13 @@ pub enum ImportError {
     #[error("{0} is neither a file nor a folder")]
     NotShareable(String),
     /// Nothing to share.
-    #[error("{0} contains no files to share")]
-    Empty(String),
+    #[error("{path} contains no files to share")]
+    Empty {
+        /// The source.
+        path: String,
+        /// What was found but left out, and why.
+        skipped: Vec<Skipped>,
+    },
     /// The file list is not acceptable (duplicates ignoring case, limits).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -378,6 +383,34 @@ async fn import_file(
     )))
 }
 
+/// Imports every file found; those that cannot be are added to `skipped`.
+async fn import_files(
+    batch: &Batch<'_>,
+    found: &[Found],
+    skipped: &mut Vec<Skipped>,
+    progress: &mut impl FnMut(ImportProgress),
+) -> Result<Vec<(FileEntry, TempTag, PathBuf)>, ImportError> {
+    let mut taken = Vec::with_capacity(found.len());
+    let mut done_bytes = 0u64;
+    for f in found {
+        match import_file(batch, f, done_bytes, progress).await? {
+            FileImport::Taken(entry, tag) => {
+                done_bytes += entry.size;
+                taken.push((entry, tag, f.abs.clone()));
+            }
+            FileImport::Skipped(reason) => {
+                done_bytes += f.size;
+                skipped.push(Skipped {
+                    path: f.abs.clone(),
+                    reason,
+                });
+            }
+        }
+        progress(ImportProgress::Imported(done_bytes));
+    }
+    Ok(taken)
+}
+
 /// Copies one file into the store; its size and temp tag, or why not.
 async fn add_path(
     batch: &Batch<'_>,
@@ -490,7 +523,10 @@ impl Store {
         let mut skipped = Vec::new();
         let walked = walk(&source, &mut skipped)?;
         if walked.files.is_empty() {
-            return Err(ImportError::Empty(source.display().to_string()));
+            return Err(ImportError::Empty {
+                path: source.display().to_string(),
+                skipped,
+            });
         }
         progress(ImportProgress::Found {
             files: walked.files.len() as u64,
@@ -502,27 +538,13 @@ impl Store {
             path: source.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut taken = Vec::with_capacity(walked.files.len());
-        let mut done_bytes = 0u64;
-        for f in &walked.files {
-            match import_file(&batch, f, done_bytes, &mut progress).await? {
-                FileImport::Taken(entry, tag) => {
-                    done_bytes += entry.size;
-                    taken.push((entry, tag, f.abs.clone()));
-                }
-                FileImport::Skipped(reason) => {
-                    done_bytes += f.size;
-                    skipped.push(Skipped {
-                        path: f.abs.clone(),
-                        reason,
-                    });
-                }
-            }
-            progress(ImportProgress::Imported(done_bytes));
-        }
+        let taken = import_files(&batch, &walked.files, &mut skipped, &mut progress).await?;
         let (files, tags, dirs) = select(taken, &walked.dirs, &source, &mut skipped);
         if files.is_empty() {
-            return Err(ImportError::Empty(source.display().to_string()));
+            return Err(ImportError::Empty {
+                path: source.display().to_string(),
+                skipped,
+            });
         }
 
         let author = secret.public();
@@ -582,6 +604,34 @@ impl Store {
             dirs,
         };
         let signed = SignedManifest::sign(manifest, secret)?;
+        let root = self.add_bundle(&batch, &signed, &source).await?;
+        drop(tags);
+
+        lessons.by_source.insert(
+            key,
+            LessonRecord {
+                lesson_id: signed.manifest().lesson_id.to_string(),
+                version: signed.manifest().version,
+                root: root.to_hex(),
+            },
+        );
+        lessons.save(&lessons_path).map_err(lessons_err)?;
+        Ok(Imported {
+            root,
+            manifest: signed,
+            unchanged: false,
+            skipped,
+        })
+    }
+
+    /// Adds the manifest and the hash sequence, and pins the root. The
+    /// files must be in the store already (kept alive by the caller).
+    async fn add_bundle(
+        &self,
+        batch: &Batch<'_>,
+        signed: &SignedManifest,
+        source: &Path,
+    ) -> Result<Hash, ImportError> {
         let store_err = |e: &dyn std::fmt::Display| ImportError::Store {
             path: source.display().to_string(),
             reason: e.to_string(),
@@ -610,23 +660,7 @@ impl Store {
             .map_err(|e| store_err(&e))?;
         let root = root_tag.hash();
         self.pin(root).await.map_err(|e| store_err(&e))?;
-        drop((tags, manifest_tag, root_tag));
-
-        lessons.by_source.insert(
-            key,
-            LessonRecord {
-                lesson_id: signed.manifest().lesson_id.to_string(),
-                version: signed.manifest().version,
-                root: root.to_hex(),
-            },
-        );
-        lessons.save(&lessons_path).map_err(lessons_err)?;
-        Ok(Imported {
-            root,
-            manifest: signed,
-            unchanged: false,
-            skipped,
-        })
+        Ok(root)
     }
 
     async fn previous(&self, record: &LessonRecord) -> Option<(Hash, SignedManifest)> {
