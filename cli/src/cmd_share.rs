@@ -3,7 +3,7 @@
 use std::{io::Write, path::PathBuf, time::Instant};
 
 use clap::Args;
-use classe_store::{ImportError, ImportOptions, ImportProgress};
+use classe_store::{ImportError, ImportOptions, ImportProgress, Skipped};
 
 use crate::{
     exit::{Exit, IO, USAGE},
@@ -41,7 +41,9 @@ fn import_error(e: ImportError) -> Exit {
         ImportError::ReadSource { .. }
         | ImportError::Lessons { .. }
         | ImportError::Store { .. } => IO,
-        ImportError::NotShareable(_) | ImportError::Empty(_) | ImportError::Manifest(_) => USAGE,
+        ImportError::NotShareable(_) | ImportError::Empty { .. } | ImportError::Manifest(_) => {
+            USAGE
+        }
     };
     Exit::new(code, e.to_string()).with_source(&e)
 }
@@ -69,19 +71,14 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {
+            if let ImportError::Empty { skipped, .. } = &e {
+                print_skipped(skipped);
+            }
             node.shutdown().await;
             return Err(import_error(e));
         }
     };
-    for s in &imported.skipped {
-        // Escaped: a file name with a newline must not forge a line of
-        // our output.
-        eprintln!(
-            "warning: skipped {}: {}",
-            s.path.display().to_string().escape_debug(),
-            s.reason
-        );
-    }
+    print_skipped(&imported.skipped);
     let manifest = imported.manifest.manifest();
     node.serve_bundle(imported.root, manifest);
     node.provide(imported.root).await;
@@ -101,7 +98,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io("cannot write to stdout"))?;
     }
     eprintln!(
-        "Sharing \"{}\" version {}{}: {} file(s), {}.",
+        "Sharing \"{}\" version {}{}: {} file(s), {}{}.",
         manifest.title,
         manifest.version,
         if imported.unchanged {
@@ -110,8 +107,18 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             ""
         },
         manifest.files.len(),
+        match manifest.dirs.len() {
+            0 => String::new(),
+            n => format!("{n} empty folder(s), "),
+        },
         ui::bytes(manifest.total_size()),
     );
+    if !imported.skipped.is_empty() {
+        eprintln!(
+            "Left out: {} item(s), see the warnings above.",
+            imported.skipped.len()
+        );
+    }
     eprintln!("Signed by your author key {}.", secret.public());
     if let Err(e) = announced {
         eprintln!("warning: followers were not told about this version: {e}");
@@ -130,6 +137,19 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
     }
     Ok(())
+}
+
+/// One warning line per entry left out.
+fn print_skipped(skipped: &[Skipped]) {
+    for s in skipped {
+        // Escaped: a file name with a newline must not forge a line of
+        // our output.
+        eprintln!(
+            "warning: skipped {}: {}",
+            s.path.display().to_string().escape_debug(),
+            s.reason
+        );
+    }
 }
 
 /// Signs an announcement of this version and hands it to the control

@@ -7,6 +7,13 @@
 //! [`SIGNATURE_DOMAIN`] followed by the encoded [`Manifest`], so a manifest
 //! signature can never be confused with any other message the same key
 //! signs (announcements, later formats).
+//!
+//! Two formats exist. Format 1 has no folder list; format 2 adds the empty
+//! folders at the end of the manifest and is signed under its own domain
+//! ([`SIGNATURE_DOMAIN_V2`]). A manifest is written in format 1 when it has
+//! no empty folder and in format 2 otherwise, so there is still exactly one
+//! accepted encoding per manifest, and a lesson without empty folders can
+//! still be read by a classe that knows only format 1.
 
 use std::fmt;
 
@@ -15,11 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::{
     keys::{AuthorKey, AuthorSecret},
     limits::{MAX_FILES, MAX_MANIFEST_BYTES, MAX_TITLE_BYTES, MAX_TOTAL_BYTES},
-    path::{validate_file_list, PathError},
+    path::{validate_tree, PathError},
 };
 
-/// Prefix of every signed manifest message.
+/// Prefix of every signed manifest message in format 1 (no empty folders).
 pub const SIGNATURE_DOMAIN: &[u8] = b"classe/manifest/v1\0";
+
+/// Prefix of every signed manifest message in format 2 (with empty
+/// folders).
+pub const SIGNATURE_DOMAIN_V2: &[u8] = b"classe/manifest/v2\0";
 
 /// Names a lesson across its versions: version 3 of a lesson has the same
 /// lesson id as version 1.
@@ -74,16 +85,61 @@ pub struct Manifest {
     /// The files, in the same order as the bundle's hash sequence after the
     /// manifest.
     pub files: Vec<FileEntry>,
+    /// Folders that hold no file of the bundle, with `/` separators, each
+    /// recreated (empty) on export. Only the deepest ones are listed: `a/b`
+    /// implies `a`. Empty in format 1.
+    pub dirs: Vec<String>,
+}
+
+/// Format 1 of [`Manifest`]: the same fields without `dirs`.
+#[derive(Serialize, Deserialize)]
+struct ManifestV1 {
+    lesson_id: LessonId,
+    version: u64,
+    title: String,
+    author: AuthorKey,
+    created_unix_secs: u64,
+    files: Vec<FileEntry>,
+}
+
+impl ManifestV1 {
+    fn of(m: &Manifest) -> Self {
+        Self {
+            lesson_id: m.lesson_id,
+            version: m.version,
+            title: m.title.clone(),
+            author: m.author,
+            created_unix_secs: m.created_unix_secs,
+            files: m.files.clone(),
+        }
+    }
+
+    fn into_manifest(self) -> Manifest {
+        Manifest {
+            lesson_id: self.lesson_id,
+            version: self.version,
+            title: self.title,
+            author: self.author,
+            created_unix_secs: self.created_unix_secs,
+            files: self.files,
+            dirs: Vec::new(),
+        }
+    }
 }
 
 /// Signature bytes, kept as two halves because serde has no 64-byte arrays.
 type SignatureBytes = [[u8; 32]; 2];
 
-/// The versioned envelope on the wire. A second format becomes a second
-/// variant, and old readers refuse it with a clear error.
+/// The versioned envelope on the wire. A new format is a new variant, and
+/// old readers refuse it with a clear error. `V2`'s manifest encodes as
+/// `V1`'s followed by the folder list.
 #[derive(Serialize, Deserialize)]
 enum Wire {
     V1 {
+        manifest: ManifestV1,
+        signature: SignatureBytes,
+    },
+    V2 {
         manifest: Manifest,
         signature: SignatureBytes,
     },
@@ -121,12 +177,19 @@ pub enum ManifestError {
 }
 
 impl Manifest {
-    /// The exact bytes the signature covers.
+    /// The exact bytes the signature covers: format 1 without empty
+    /// folders, format 2 with.
     pub fn signing_message(&self) -> Vec<u8> {
-        let mut message = SIGNATURE_DOMAIN.to_vec();
         // Encoding a plain struct into a Vec cannot fail.
-        message.extend(postcard::to_stdvec(self).unwrap_or_default());
-        message
+        if self.dirs.is_empty() {
+            let mut message = SIGNATURE_DOMAIN.to_vec();
+            message.extend(postcard::to_stdvec(&ManifestV1::of(self)).unwrap_or_default());
+            message
+        } else {
+            let mut message = SIGNATURE_DOMAIN_V2.to_vec();
+            message.extend(postcard::to_stdvec(self).unwrap_or_default());
+            message
+        }
     }
 
     /// Sum of all file sizes.
@@ -134,12 +197,13 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// Checks paths, file count, total size and title.
+    /// Checks paths (of files and empty folders), entry count, total size
+    /// and title.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.files.len() > MAX_FILES {
+        let entries = self.files.len().saturating_add(self.dirs.len());
+        if entries > MAX_FILES {
             return Err(ManifestError::Limit(format!(
-                "{} files, more than {MAX_FILES}",
-                self.files.len()
+                "{entries} files and folders, more than {MAX_FILES}"
             )));
         }
         let mut total: u64 = 0;
@@ -154,7 +218,10 @@ impl Manifest {
                 "title too long or has control characters".into(),
             ));
         }
-        validate_file_list(self.files.iter().map(|f| f.path.as_str()))?;
+        validate_tree(
+            self.files.iter().map(|f| f.path.as_str()),
+            self.dirs.iter().map(String::as_str),
+        )?;
         Ok(())
     }
 }
@@ -195,9 +262,16 @@ impl SignedManifest {
         let mut halves = [[0u8; 32]; 2];
         halves[0].copy_from_slice(a);
         halves[1].copy_from_slice(b);
-        let wire = Wire::V1 {
-            manifest: self.manifest.clone(),
-            signature: halves,
+        let wire = if self.manifest.dirs.is_empty() {
+            Wire::V1 {
+                manifest: ManifestV1::of(&self.manifest),
+                signature: halves,
+            }
+        } else {
+            Wire::V2 {
+                manifest: self.manifest.clone(),
+                signature: halves,
+            }
         };
         postcard::to_stdvec(&wire).unwrap_or_default()
     }
@@ -213,10 +287,18 @@ impl SignedManifest {
         if !rest.is_empty() {
             return Err(ManifestError::NotCanonical);
         }
-        let Wire::V1 {
-            manifest,
-            signature,
-        } = wire;
+        let (manifest, signature) = match wire {
+            Wire::V1 {
+                manifest,
+                signature,
+            } => (manifest.into_manifest(), signature),
+            // A format-2 manifest with no folder re-encodes as format 1
+            // and is refused as not canonical below.
+            Wire::V2 {
+                manifest,
+                signature,
+            } => (manifest, signature),
+        };
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&signature[0]);
         sig[32..].copy_from_slice(&signature[1]);
@@ -276,7 +358,24 @@ mod tests {
                     hash: [2; 32],
                 },
             ],
+            dirs: Vec::new(),
         }
+    }
+
+    fn with_dirs(secret: &AuthorSecret, dirs: &[&str]) -> Manifest {
+        let mut m = sample(secret);
+        m.dirs = dirs.iter().map(|d| d.to_string()).collect();
+        m
+    }
+
+    /// Signs without validating, as a malicious author could.
+    fn forge(manifest: Manifest, secret: &AuthorSecret) -> Vec<u8> {
+        let signature = secret.sign(&manifest.signing_message());
+        SignedManifest {
+            manifest,
+            signature,
+        }
+        .to_bytes()
     }
 
     #[test]
@@ -380,5 +479,92 @@ mod tests {
         let a = SignedManifest::sign(sample(&secret), &secret).unwrap();
         let b = SignedManifest::sign(sample(&secret), &secret).unwrap();
         assert_eq!(a.to_bytes(), b.to_bytes());
+    }
+
+    #[test]
+    fn empty_folders_round_trip_in_format_2() {
+        let secret = AuthorSecret::generate();
+        let manifest = with_dirs(&secret, &["à rendre", "a/b/c"]);
+        let signed = SignedManifest::sign(manifest.clone(), &secret).unwrap();
+        let bytes = signed.to_bytes();
+        assert_eq!(bytes[0], 1, "format 2 is variant 1");
+        let back = SignedManifest::decode_verified(&bytes).unwrap();
+        assert_eq!(back.manifest(), &manifest);
+        assert!(manifest.signing_message().starts_with(SIGNATURE_DOMAIN_V2));
+        // Every byte counts in format 2 too.
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            assert!(
+                SignedManifest::decode_verified(&damaged).is_err(),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_without_empty_folders_is_written_in_format_1() {
+        let secret = AuthorSecret::generate();
+        let signed = SignedManifest::sign(sample(&secret), &secret).unwrap();
+        let bytes = signed.to_bytes();
+        assert_eq!(bytes[0], 0);
+        // Format 1's layout: no folder list between the files and the
+        // signature (the worked example of docs/bundle-format.md).
+        let v1 = postcard::to_stdvec(&ManifestV1::of(signed.manifest())).unwrap();
+        assert_eq!(&bytes[1..bytes.len() - 64], &v1[..]);
+        assert!(signed
+            .manifest()
+            .signing_message()
+            .starts_with(SIGNATURE_DOMAIN));
+    }
+
+    #[test]
+    fn format_2_with_no_folder_is_not_canonical() {
+        let secret = AuthorSecret::generate();
+        let manifest = sample(&secret);
+        let mut message = SIGNATURE_DOMAIN_V2.to_vec();
+        message.extend(postcard::to_stdvec(&manifest).unwrap());
+        let signature = secret.sign(&message);
+        let (a, b) = signature.split_at(32);
+        let wire = Wire::V2 {
+            manifest,
+            signature: [a.try_into().unwrap(), b.try_into().unwrap()],
+        };
+        let bytes = postcard::to_stdvec(&wire).unwrap();
+        assert!(matches!(
+            SignedManifest::from_bytes(&bytes),
+            Err(ManifestError::NotCanonical)
+        ));
+    }
+
+    #[test]
+    fn unsafe_empty_folders_are_refused_on_sign_and_on_decode() {
+        let secret = AuthorSecret::generate();
+        for bad in [
+            "../x",
+            "a/../../b",
+            "/etc",
+            "C:/x",
+            "con",
+            "cours.pdf",
+            "exercices",
+        ] {
+            let manifest = with_dirs(&secret, &[bad]);
+            assert!(
+                matches!(
+                    SignedManifest::sign(manifest.clone(), &secret),
+                    Err(ManifestError::UnsafePath(_))
+                ),
+                "{bad:?} was signed"
+            );
+            let bytes = forge(manifest, &secret);
+            assert!(
+                matches!(
+                    SignedManifest::decode_verified(&bytes),
+                    Err(ManifestError::UnsafePath(_))
+                ),
+                "{bad:?} was accepted"
+            );
+        }
     }
 }

@@ -43,6 +43,9 @@ pub enum PathError {
     /// A file and a folder would have the same name.
     #[error("path {0:?} is both a file and a folder")]
     FileIsFolder(String),
+    /// A folder listed as empty holds another entry.
+    #[error("folder {0:?} is listed as empty but holds another entry")]
+    NotEmpty(String),
 }
 
 const WINDOWS_DEVICES: &[&str] = &[
@@ -101,27 +104,97 @@ fn is_device(component: &str) -> bool {
 /// Checks every path and the list as a whole: no duplicates (ignoring
 /// letter case) and no entry that is both a file and a folder.
 pub fn validate_file_list<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), PathError> {
-    let mut files = HashSet::new();
-    let mut folders = HashSet::new();
-    for path in paths {
-        validate_path(path)?;
-        let folded = path.to_lowercase();
-        if !files.insert(folded.clone()) {
-            return Err(PathError::Duplicate(path.to_string()));
-        }
-        let mut prefix = String::new();
-        for component in folded.split('/').take(folded.split('/').count() - 1) {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(component);
-            folders.insert(prefix.clone());
-        }
+    validate_tree(paths, [])
+}
+
+/// Checks a bundle's files and empty folders together: every path passes
+/// [`validate_path`], and [`PathSet`] accepts them all (no two entries the
+/// same ignoring case, no file that is also a folder, no "empty" folder
+/// that holds something).
+pub fn validate_tree<'a, 'b>(
+    files: impl IntoIterator<Item = &'a str>,
+    empty_dirs: impl IntoIterator<Item = &'b str>,
+) -> Result<(), PathError> {
+    let mut set = PathSet::default();
+    for path in files {
+        set.add_file(path)?;
     }
-    if let Some(both) = files.iter().find(|f| folders.contains(*f)) {
-        return Err(PathError::FileIsFolder(both.clone()));
+    for path in empty_dirs {
+        set.add_empty_dir(path)?;
     }
     Ok(())
+}
+
+/// The entries of one bundle, as a case-insensitive disk would see them.
+///
+/// Each `add_*` validates the path, then refuses it if it would collide
+/// with an entry already added; the result does not depend on the order
+/// of the calls. A share adds entries in sorted order and skips the ones
+/// refused, so of two names that differ only in case the first (in byte
+/// order) is kept.
+#[derive(Debug, Default, Clone)]
+pub struct PathSet {
+    /// Files, lowercased.
+    files: HashSet<String>,
+    /// Empty folders, lowercased.
+    empty_dirs: HashSet<String>,
+    /// Every folder that holds an entry, lowercased.
+    folders: HashSet<String>,
+}
+
+impl PathSet {
+    /// Adds a file.
+    pub fn add_file(&mut self, path: &str) -> Result<(), PathError> {
+        let folded = self.check(path)?;
+        if self.folders.contains(&folded) {
+            return Err(PathError::FileIsFolder(path.to_string()));
+        }
+        self.insert_ancestors(&folded);
+        self.files.insert(folded);
+        Ok(())
+    }
+
+    /// Adds a folder that must stay empty: nothing else may be added
+    /// inside it.
+    pub fn add_empty_dir(&mut self, path: &str) -> Result<(), PathError> {
+        let folded = self.check(path)?;
+        if self.folders.contains(&folded) {
+            return Err(PathError::NotEmpty(path.to_string()));
+        }
+        self.insert_ancestors(&folded);
+        self.empty_dirs.insert(folded);
+        Ok(())
+    }
+
+    /// Validates `path` and checks it against the entries so far, without
+    /// the "is it already a folder" check, which depends on the kind.
+    fn check(&self, path: &str) -> Result<String, PathError> {
+        validate_path(path)?;
+        let folded = path.to_lowercase();
+        if self.files.contains(&folded) || self.empty_dirs.contains(&folded) {
+            return Err(PathError::Duplicate(path.to_string()));
+        }
+        for ancestor in ancestors(&folded) {
+            if self.files.contains(ancestor) {
+                return Err(PathError::FileIsFolder(path.to_string()));
+            }
+            if self.empty_dirs.contains(ancestor) {
+                return Err(PathError::NotEmpty(path.to_string()));
+            }
+        }
+        Ok(folded)
+    }
+
+    fn insert_ancestors(&mut self, folded: &str) {
+        for ancestor in ancestors(folded) {
+            self.folders.insert(ancestor.to_string());
+        }
+    }
+}
+
+/// `a/b/c` gives `a` and `a/b`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
 }
 
 #[cfg(test)]
@@ -203,6 +276,81 @@ mod tests {
         assert!(matches!(
             validate_file_list(["ok", "../bad"]),
             Err(PathError::Traversal(_))
+        ));
+    }
+
+    #[test]
+    fn empty_folders_follow_the_path_rules() {
+        assert!(validate_tree(["a/b.txt"], ["c", "a/d/e", "à rendre"]).is_ok());
+        for bad in [
+            "../x",
+            "a/../../b",
+            "/abs",
+            "C:/x",
+            "a//b",
+            "nul",
+            "x\ny",
+            "a\\b",
+            "",
+        ] {
+            assert!(validate_tree(["f"], [bad]).is_err(), "{bad:?} was accepted");
+        }
+        assert!(matches!(
+            validate_tree([], ["../x"]),
+            Err(PathError::Traversal(_))
+        ));
+    }
+
+    #[test]
+    fn empty_folders_cannot_collide_or_hold_entries() {
+        // The same as a file, or as another empty folder, ignoring case.
+        assert!(matches!(
+            validate_tree(["a"], ["A"]),
+            Err(PathError::Duplicate(_))
+        ));
+        assert!(matches!(
+            validate_tree([], ["x", "X"]),
+            Err(PathError::Duplicate(_))
+        ));
+        // An "empty" folder that holds a file or another folder.
+        assert!(matches!(
+            validate_tree(["d/f"], ["D"]),
+            Err(PathError::NotEmpty(_))
+        ));
+        assert!(matches!(
+            validate_tree([], ["d", "d/e"]),
+            Err(PathError::NotEmpty(_))
+        ));
+        assert!(matches!(
+            validate_tree([], ["d/e", "d"]),
+            Err(PathError::NotEmpty(_))
+        ));
+        // A folder inside a file.
+        assert!(matches!(
+            validate_tree(["f"], ["F/g"]),
+            Err(PathError::FileIsFolder(_))
+        ));
+    }
+
+    #[test]
+    fn a_path_set_keeps_the_first_of_two_case_twins() {
+        let mut set = PathSet::default();
+        assert!(set.add_file("Cours.txt").is_ok());
+        assert!(matches!(
+            set.add_file("cours.TXT"),
+            Err(PathError::Duplicate(_))
+        ));
+        assert!(set.add_file("Dossier/a").is_ok());
+        // Another case of a folder that holds files: merged on a
+        // case-insensitive disk, nothing is lost, so accepted.
+        assert!(set.add_file("dossier/b").is_ok());
+        assert!(matches!(
+            set.add_file("DOSSIER"),
+            Err(PathError::FileIsFolder(_))
+        ));
+        assert!(matches!(
+            set.add_empty_dir("dossier"),
+            Err(PathError::NotEmpty(_))
         ));
     }
 }

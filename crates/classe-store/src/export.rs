@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use classe_bundle::validate_file_list;
+use classe_bundle::{path::validate_tree, Manifest};
 use iroh_blobs::Hash;
 
 use crate::{ReadError, Store};
@@ -93,9 +93,8 @@ impl Store {
     /// not exist or be empty.
     pub async fn export(&self, root: Hash, dest: &Path) -> Result<(), ExportError> {
         let signed = self.manifest(root).await?;
+        check_paths(signed.manifest())?;
         let files = &signed.manifest().files;
-        validate_file_list(files.iter().map(|f| f.path.as_str()))
-            .map_err(|e| ExportError::UnsafePath(e.to_string()))?;
         let mut missing = 0;
         for f in files {
             if !self.blob_complete(Hash::from_bytes(f.hash), f.size).await? {
@@ -172,6 +171,32 @@ impl Store {
                 });
             }
         }
-        Ok(())
+        create_empty_dirs(signed.manifest(), staging)
     }
+}
+
+/// Refuses a manifest whose files or empty folders name an unsafe path.
+fn check_paths(manifest: &Manifest) -> Result<(), ExportError> {
+    validate_tree(
+        manifest.files.iter().map(|f| f.path.as_str()),
+        manifest.dirs.iter().map(String::as_str),
+    )
+    .map_err(|e| ExportError::UnsafePath(e.to_string()))
+}
+
+/// `path` (relative, `/`-separated, validated) under `base`.
+fn join_relative(base: &Path, path: &str) -> PathBuf {
+    path.split('/').fold(base.to_path_buf(), |p, c| p.join(c))
+}
+
+/// Creates the manifest's empty folders (and their parents) under
+/// `staging`. The paths are checked again here, so no caller can create a
+/// folder outside `staging`.
+fn create_empty_dirs(manifest: &Manifest, staging: &Path) -> Result<(), ExportError> {
+    check_paths(manifest)?;
+    for dir in &manifest.dirs {
+        let target = join_relative(staging, dir);
+        fs::create_dir_all(&target).map_err(write_err(&target))?;
+    }
+    Ok(())
 }

@@ -1,18 +1,19 @@
 //! Turning a folder (or one file) into a signed bundle.
 
 use std::{
+    collections::HashSet,
     fs,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use classe_bundle::{
-    validate_file_list, validate_path, AuthorSecret, FileEntry, LessonId, Manifest, ManifestError,
-    SignedManifest,
+    path::PathSet, validate_path, AuthorSecret, FileEntry, LessonId, Manifest, ManifestError,
+    PathError, SignedManifest,
 };
 use iroh_blobs::{
     api::{
-        blobs::{AddPathOptions, AddProgressItem, ImportMode},
+        blobs::{AddPathOptions, AddProgressItem, Batch, ImportMode},
         TempTag,
     },
     hashseq::HashSeq,
@@ -64,7 +65,9 @@ pub struct Imported {
     /// True if the folder had not changed since it was last shared, so the
     /// previous bundle was reused as it was.
     pub unchanged: bool,
-    /// Entries left out: symlinks, special files, names not portable.
+    /// Entries left out: symlinks, special files, names not portable,
+    /// names that differ from another only in letter case, files that
+    /// cannot be read or kept changing while being read.
     pub skipped: Vec<Skipped>,
 }
 
@@ -84,8 +87,13 @@ pub enum ImportError {
     #[error("{0} is neither a file nor a folder")]
     NotShareable(String),
     /// Nothing to share.
-    #[error("{0} contains no files to share")]
-    Empty(String),
+    #[error("{path} contains no files to share")]
+    Empty {
+        /// The source.
+        path: String,
+        /// What was found but left out, and why.
+        skipped: Vec<Skipped>,
+    },
     /// The file list is not acceptable (duplicates ignoring case, limits).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -114,9 +122,27 @@ struct Found {
     size: u64,
 }
 
-/// Walks `root` without following symlinks, collecting regular files in a
-/// stable order.
-fn walk(root: &Path, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, ImportError> {
+/// What the walk found: candidate files and every folder it could list.
+#[derive(Default)]
+struct Walk {
+    files: Vec<Found>,
+    /// Relative paths of the folders below the root that were listed.
+    dirs: Vec<String>,
+}
+
+/// Reads of one file that saw it change before giving up on it.
+const MAX_READ_ATTEMPTS: usize = 3;
+
+/// A file modified this recently (or in the future) may change again
+/// within the same timestamp tick without its modification time moving
+/// (2 s on FAT, coarse clocks elsewhere): its content is read a second
+/// time and compared.
+const HOT_WINDOW: Duration = Duration::from_secs(3);
+
+/// Walks `root` without following symlinks, collecting regular files and
+/// folders in a stable order. A sub-folder that cannot be listed is
+/// skipped; the root must be readable.
+fn walk(root: &Path, skipped: &mut Vec<Skipped>) -> Result<Walk, ImportError> {
     let read_err = |path: &Path, source| ImportError::ReadSource {
         path: path.display().to_string(),
         source,
@@ -128,27 +154,38 @@ fn walk(root: &Path, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, ImportErr
             .and_then(|n| n.to_str())
             .ok_or_else(|| ImportError::NotShareable(root.display().to_string()))?;
         validate_path(name).map_err(ManifestError::from)?;
-        return Ok(vec![Found {
-            abs: root.to_path_buf(),
-            rel: name.to_string(),
-            size: meta.len(),
-        }]);
+        return Ok(Walk {
+            files: vec![Found {
+                abs: root.to_path_buf(),
+                rel: name.to_string(),
+                size: meta.len(),
+            }],
+            dirs: Vec::new(),
+        });
     }
     if !meta.is_dir() {
         return Err(ImportError::NotShareable(root.display().to_string()));
     }
-    let mut out = Vec::new();
+    let mut out = Walk::default();
     // Explicit stack: no recursion depth limit to hit on deep trees.
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&dir)
-            .map_err(|e| read_err(&dir, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| read_err(&dir, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+        let entries = match list(&dir) {
+            Ok(entries) => entries,
+            Err(e) if prefix.is_empty() => return Err(read_err(&dir, e)),
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: dir,
+                    reason: format!("folder cannot be read: {e}"),
+                });
+                continue;
+            }
+        };
+        if !prefix.is_empty() {
+            out.dirs.push(prefix.clone());
+        }
+        for (path, name) in entries {
+            let Some(name) = name.to_str().map(str::to_owned) else {
                 skipped.push(Skipped {
                     path,
                     reason: "name is not valid UTF-8".into(),
@@ -160,44 +197,313 @@ fn walk(root: &Path, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, ImportErr
             } else {
                 format!("{prefix}/{name}")
             };
-            // symlink_metadata: a symlink is reported as a symlink, never
-            // as what it points to.
-            let meta = fs::symlink_metadata(&path).map_err(|e| read_err(&path, e))?;
-            let kind = meta.file_type();
-            if kind.is_symlink() {
-                skipped.push(Skipped {
-                    path,
-                    reason: "symbolic link (not followed)".into(),
-                });
-                continue;
-            }
-            if !kind.is_file() && !kind.is_dir() {
-                skipped.push(Skipped {
-                    path,
-                    reason: "not a regular file".into(),
-                });
-                continue;
-            }
-            if let Err(e) = validate_path(&rel) {
-                skipped.push(Skipped {
-                    path,
-                    reason: format!("name cannot be shared safely: {e}"),
-                });
-                continue;
-            }
-            if kind.is_dir() {
-                stack.push((path, rel));
-            } else {
-                out.push(Found {
-                    abs: path,
-                    rel,
-                    size: meta.len(),
-                });
+            if let Some(entry) = classify(path, rel, skipped) {
+                match entry {
+                    Entry::Dir(path, rel) => stack.push((path, rel)),
+                    Entry::File(found) => out.files.push(found),
+                }
             }
         }
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out.dirs.sort();
     Ok(out)
+}
+
+/// The entries of one folder, sorted by name.
+fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, std::ffi::OsString)>> {
+    let mut entries = fs::read_dir(dir)?
+        .map(|e| e.map(|e| (e.path(), e.file_name())))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(entries)
+}
+
+enum Entry {
+    Dir(PathBuf, String),
+    File(Found),
+}
+
+/// Whether one entry is walked into, taken, or skipped (and why).
+fn classify(path: PathBuf, rel: String, skipped: &mut Vec<Skipped>) -> Option<Entry> {
+    let mut skip = |path, reason: String| {
+        skipped.push(Skipped { path, reason });
+        None
+    };
+    // symlink_metadata: a symlink is reported as a symlink, never as what
+    // it points to.
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) => return skip(path, format!("cannot be read: {e}")),
+    };
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return skip(path, "symbolic link (not followed)".into());
+    }
+    if !kind.is_file() && !kind.is_dir() {
+        return skip(path, "not a regular file".into());
+    }
+    if let Err(e) = validate_path(&rel) {
+        return skip(path, format!("name cannot be shared safely: {e}"));
+    }
+    if kind.is_dir() {
+        Some(Entry::Dir(path, rel))
+    } else {
+        Some(Entry::File(Found {
+            abs: path,
+            rel,
+            size: meta.len(),
+        }))
+    }
+}
+
+/// What identifies one state of a file on disk: if any part differs
+/// between before and after a read, the file changed while it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Change time and (device, inode) where the platform has them.
+    changed: (i64, i64),
+    file: (u64, u64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let (changed, file) = {
+            use std::os::unix::fs::MetadataExt;
+            ((meta.ctime(), meta.ctime_nsec()), (meta.dev(), meta.ino()))
+        };
+        #[cfg(not(unix))]
+        let (changed, file) = ((0, 0), (0, 0));
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed,
+            file,
+        }
+    }
+
+    /// Modified within [`HOT_WINDOW`] of now, or at an unknown time.
+    fn is_hot(&self) -> bool {
+        match self.modified {
+            Some(t) => SystemTime::now()
+                .duration_since(t)
+                .map_or(true, |age| age < HOT_WINDOW),
+            None => true,
+        }
+    }
+}
+
+/// The stamp of a regular file we can open for reading, or why not.
+fn readable_stamp(path: &Path) -> Result<Stamp, String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("no longer a regular file".into());
+    }
+    fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(Stamp::of(&meta))
+}
+
+/// Reads the whole file, as a check of whether it can be read at all.
+fn read_through(path: &Path) -> std::io::Result<()> {
+    std::io::copy(&mut fs::File::open(path)?, &mut std::io::sink()).map(|_| ())
+}
+
+/// Whether the file's content, read again now, has this BLAKE3 hash.
+async fn same_content(path: &Path, hash: Hash) -> bool {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_reader(fs::File::open(&path)?)
+            .map(|h| *h.finalize().as_bytes())
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .is_some_and(|h| h == *hash.as_bytes())
+}
+
+/// One file's import: taken, or skipped with a reason.
+enum FileImport {
+    Taken(FileEntry, TempTag),
+    Skipped(String),
+}
+
+/// Imports one file, making sure the copy is one state of the file: the
+/// file's stamp must be the same before and after the copy (and, for a
+/// file modified just now, a second read must give the same hash).
+/// Otherwise it is read again, at most [`MAX_READ_ATTEMPTS`] times, then
+/// skipped. A file that cannot be opened or read is skipped.
+async fn import_file(
+    batch: &Batch<'_>,
+    f: &Found,
+    done_bytes: u64,
+    progress: &mut impl FnMut(ImportProgress),
+) -> Result<FileImport, ImportError> {
+    for _ in 0..MAX_READ_ATTEMPTS {
+        let before = match readable_stamp(&f.abs) {
+            Ok(stamp) => stamp,
+            Err(reason) => return Ok(FileImport::Skipped(reason)),
+        };
+        let added = add_path(batch, f, done_bytes, progress).await;
+        let after = fs::symlink_metadata(&f.abs).map(|m| Stamp::of(&m)).ok();
+        let (size, tag) = match added {
+            Ok(added) => added,
+            Err(reason) => {
+                if let Err(e) = read_through(&f.abs) {
+                    return Ok(FileImport::Skipped(format!("cannot be read: {e}")));
+                }
+                if after == Some(before) {
+                    return Err(ImportError::Store {
+                        path: f.abs.display().to_string(),
+                        reason,
+                    });
+                }
+                continue;
+            }
+        };
+        if after != Some(before) || size != before.len {
+            continue;
+        }
+        if before.is_hot() && !same_content(&f.abs, tag.hash()).await {
+            continue;
+        }
+        let entry = FileEntry {
+            path: f.rel.clone(),
+            size,
+            hash: *tag.hash().as_bytes(),
+        };
+        return Ok(FileImport::Taken(entry, tag));
+    }
+    Ok(FileImport::Skipped(format!(
+        "it changed while being read ({MAX_READ_ATTEMPTS} tries); share again once it is saved"
+    )))
+}
+
+/// Imports every file found; those that cannot be are added to `skipped`.
+async fn import_files(
+    batch: &Batch<'_>,
+    found: &[Found],
+    skipped: &mut Vec<Skipped>,
+    progress: &mut impl FnMut(ImportProgress),
+) -> Result<Vec<(FileEntry, TempTag, PathBuf)>, ImportError> {
+    let mut taken = Vec::with_capacity(found.len());
+    let mut done_bytes = 0u64;
+    for f in found {
+        match import_file(batch, f, done_bytes, progress).await? {
+            FileImport::Taken(entry, tag) => {
+                done_bytes += entry.size;
+                taken.push((entry, tag, f.abs.clone()));
+            }
+            FileImport::Skipped(reason) => {
+                done_bytes += f.size;
+                skipped.push(Skipped {
+                    path: f.abs.clone(),
+                    reason,
+                });
+            }
+        }
+        progress(ImportProgress::Imported(done_bytes));
+    }
+    Ok(taken)
+}
+
+/// Copies one file into the store; its size and temp tag, or why not.
+async fn add_path(
+    batch: &Batch<'_>,
+    f: &Found,
+    done_bytes: u64,
+    progress: &mut impl FnMut(ImportProgress),
+) -> Result<(u64, TempTag), String> {
+    let mut stream = batch
+        .add_path_with_opts(AddPathOptions {
+            path: f.abs.clone(),
+            format: BlobFormat::Raw,
+            mode: ImportMode::Copy,
+        })
+        .stream()
+        .await;
+    let mut size = None;
+    let mut tag = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            AddProgressItem::Size(s) => size = Some(s),
+            AddProgressItem::CopyProgress(o) => {
+                progress(ImportProgress::Imported(done_bytes + o.min(f.size)))
+            }
+            AddProgressItem::Done(t) => tag = Some(t),
+            AddProgressItem::Error(e) => return Err(e.to_string()),
+            _ => {}
+        }
+    }
+    match (size, tag) {
+        (Some(size), Some(tag)) => Ok((size, tag)),
+        _ => Err("import ended without a result".into()),
+    }
+}
+
+/// Of the files taken, drops those that would collide on a
+/// case-insensitive disk (the first in byte order stays), then lists the
+/// folders left empty: listed folders that hold no file taken and no other
+/// such folder. Those whose name collides are skipped too.
+fn select(
+    taken: Vec<(FileEntry, TempTag, PathBuf)>,
+    walked_dirs: &[String],
+    root: &Path,
+    skipped: &mut Vec<Skipped>,
+) -> (Vec<FileEntry>, Vec<TempTag>, Vec<String>) {
+    let mut set = PathSet::default();
+    let mut files = Vec::with_capacity(taken.len());
+    let mut tags = Vec::with_capacity(taken.len());
+    for (entry, tag, abs) in taken {
+        match set.add_file(&entry.path) {
+            Ok(()) => {
+                files.push(entry);
+                tags.push(tag);
+            }
+            Err(e) => skipped.push(Skipped {
+                path: abs,
+                reason: collision_reason(&e),
+            }),
+        }
+    }
+    let mut holders: HashSet<&str> = HashSet::new();
+    for path in files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(walked_dirs.iter().map(String::as_str))
+    {
+        holders.extend(path.match_indices('/').map(|(i, _)| &path[..i]));
+    }
+    let mut dirs = Vec::new();
+    for dir in walked_dirs.iter().filter(|d| !holders.contains(d.as_str())) {
+        match set.add_empty_dir(dir) {
+            Ok(()) => dirs.push(dir.clone()),
+            // Walked folders have valid names: only a collision is left.
+            Err(_) => skipped.push(Skipped {
+                path: dir.split('/').fold(root.to_path_buf(), |p, c| p.join(c)),
+                reason: "empty folder with the same name as another entry apart from letter \
+                         case (Windows, macOS and phones could not keep both)"
+                    .into(),
+            }),
+        }
+    }
+    (files, tags, dirs)
+}
+
+fn collision_reason(e: &PathError) -> String {
+    match e {
+        PathError::Duplicate(_) => "another entry has the same name apart from letter case \
+             (Windows, macOS and phones could not keep both)"
+            .into(),
+        PathError::FileIsFolder(_) | PathError::NotEmpty(_) => {
+            "a file and a folder would have the same name apart from letter case".into()
+        }
+        other => format!("name cannot be shared safely: {other}"),
+    }
 }
 
 impl Store {
@@ -215,14 +521,16 @@ impl Store {
             source: e,
         })?;
         let mut skipped = Vec::new();
-        let found = walk(&source, &mut skipped)?;
-        if found.is_empty() {
-            return Err(ImportError::Empty(source.display().to_string()));
+        let walked = walk(&source, &mut skipped)?;
+        if walked.files.is_empty() {
+            return Err(ImportError::Empty {
+                path: source.display().to_string(),
+                skipped,
+            });
         }
-        validate_file_list(found.iter().map(|f| f.rel.as_str())).map_err(ManifestError::from)?;
         progress(ImportProgress::Found {
-            files: found.len() as u64,
-            bytes: found.iter().map(|f| f.size).sum(),
+            files: walked.files.len() as u64,
+            bytes: walked.files.iter().map(|f| f.size).sum(),
         });
 
         // Temp tags keep the imported blobs alive until the root is pinned.
@@ -230,46 +538,13 @@ impl Store {
             path: source.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut tags: Vec<TempTag> = Vec::with_capacity(found.len() + 2);
-        let mut files = Vec::with_capacity(found.len());
-        let mut done_bytes = 0u64;
-        for f in &found {
-            let store_err = |e: &dyn std::fmt::Display| ImportError::Store {
-                path: f.abs.display().to_string(),
-                reason: e.to_string(),
-            };
-            let mut stream = batch
-                .add_path_with_opts(AddPathOptions {
-                    path: f.abs.clone(),
-                    format: BlobFormat::Raw,
-                    mode: ImportMode::Copy,
-                })
-                .stream()
-                .await;
-            let mut size = None;
-            let mut tag = None;
-            while let Some(item) = stream.next().await {
-                match item {
-                    AddProgressItem::Size(s) => size = Some(s),
-                    AddProgressItem::CopyProgress(o) => {
-                        progress(ImportProgress::Imported(done_bytes + o.min(f.size)))
-                    }
-                    AddProgressItem::Done(t) => tag = Some(t),
-                    AddProgressItem::Error(e) => return Err(store_err(&e)),
-                    _ => {}
-                }
-            }
-            let (Some(size), Some(tag)) = (size, tag) else {
-                return Err(store_err(&"import ended without a result"));
-            };
-            done_bytes += size;
-            progress(ImportProgress::Imported(done_bytes));
-            files.push(FileEntry {
-                path: f.rel.clone(),
-                size,
-                hash: *tag.hash().as_bytes(),
+        let taken = import_files(&batch, &walked.files, &mut skipped, &mut progress).await?;
+        let (files, tags, dirs) = select(taken, &walked.dirs, &source, &mut skipped);
+        if files.is_empty() {
+            return Err(ImportError::Empty {
+                path: source.display().to_string(),
+                skipped,
             });
-            tags.push(tag);
         }
 
         let author = secret.public();
@@ -293,7 +568,7 @@ impl Store {
         };
         if let Some((root, signed)) = &previous {
             let m = signed.manifest();
-            if m.files == files && m.title == title {
+            if m.files == files && m.dirs == dirs && m.title == title {
                 // Pin again: the bundle may have been unpinned (`classe rm`)
                 // while its blobs were still in the store.
                 self.pin(*root).await.map_err(|e| ImportError::Store {
@@ -326,8 +601,37 @@ impl Store {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             files,
+            dirs,
         };
         let signed = SignedManifest::sign(manifest, secret)?;
+        let root = self.add_bundle(&batch, &signed, &source).await?;
+        drop(tags);
+
+        lessons.by_source.insert(
+            key,
+            LessonRecord {
+                lesson_id: signed.manifest().lesson_id.to_string(),
+                version: signed.manifest().version,
+                root: root.to_hex(),
+            },
+        );
+        lessons.save(&lessons_path).map_err(lessons_err)?;
+        Ok(Imported {
+            root,
+            manifest: signed,
+            unchanged: false,
+            skipped,
+        })
+    }
+
+    /// Adds the manifest and the hash sequence, and pins the root. The
+    /// files must be in the store already (kept alive by the caller).
+    async fn add_bundle(
+        &self,
+        batch: &Batch<'_>,
+        signed: &SignedManifest,
+        source: &Path,
+    ) -> Result<Hash, ImportError> {
         let store_err = |e: &dyn std::fmt::Display| ImportError::Store {
             path: source.display().to_string(),
             reason: e.to_string(),
@@ -356,23 +660,7 @@ impl Store {
             .map_err(|e| store_err(&e))?;
         let root = root_tag.hash();
         self.pin(root).await.map_err(|e| store_err(&e))?;
-        drop((tags, manifest_tag, root_tag));
-
-        lessons.by_source.insert(
-            key,
-            LessonRecord {
-                lesson_id: signed.manifest().lesson_id.to_string(),
-                version: signed.manifest().version,
-                root: root.to_hex(),
-            },
-        );
-        lessons.save(&lessons_path).map_err(lessons_err)?;
-        Ok(Imported {
-            root,
-            manifest: signed,
-            unchanged: false,
-            skipped,
-        })
+        Ok(root)
     }
 
     async fn previous(&self, record: &LessonRecord) -> Option<(Hash, SignedManifest)> {
