@@ -66,7 +66,13 @@ impl User {
 
     /// Starts `classe share`, waits for the ticket line.
     pub fn share(&self, path: &Path, extra: &[&str]) -> Sharer {
+        self.share_env(path, extra, &[])
+    }
+
+    /// As [`User::share`], with extra environment variables.
+    pub fn share_env(&self, path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Sharer {
         let mut cmd = self.cmd();
+        cmd.envs(env.iter().copied());
         cmd.arg("share")
             .arg(path)
             .args(["--bind", "127.0.0.1:0"])

@@ -199,7 +199,7 @@ async fn run(
                     Err(AbortReason::RateLimited)
                 } else {
                     let conn = Conn::new(msg.inner.endpoint_id, &cancel);
-                    tracing::debug!(peer = %conn.name, "peer connected");
+                    tracing::info!(peer = %conn.name, "peer connected");
                     peers.insert(msg.inner.connection_id, conn);
                     Ok(())
                 };
@@ -208,6 +208,7 @@ async fn run(
             ProviderMessage::ConnectionClosed(msg) => {
                 // Its requests still waiting in line leave it at once.
                 if let Some(conn) = peers.remove(&msg.inner.connection_id) {
+                    tracing::info!(peer = %conn.name, "peer disconnected");
                     conn.closed.cancel();
                 }
             }
