@@ -100,11 +100,32 @@ fn remove_stale_staging(dest: &Path) {
 /// A failed blob export as a write error naming the file and the cause
 /// (the I/O error itself, not iroh-blobs' wrapper around it).
 fn blob_export_err(target: &Path, e: iroh_blobs::api::RequestError) -> ExportError {
-    let iroh_blobs::api::Error::Io(source) = iroh_blobs::api::Error::from(e);
     ExportError::Write {
         path: target.display().to_string(),
-        source,
+        source: io_cause(&e),
     }
+}
+
+/// The operating system's error somewhere inside `e` (iroh-blobs wraps it
+/// in layers whose messages say only "Error::Io"), else `e`'s message.
+fn io_cause(e: &(dyn std::error::Error + 'static)) -> io::Error {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are short, this only guards a cycle.
+    for _ in 0..32 {
+        let Some(cur) = next else { break };
+        if let Some(io) = cur.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return io::Error::from_raw_os_error(code);
+            }
+            // `io::Error::source` skips the error it wraps: look at it.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = cur.source();
+    }
+    io::Error::other(e.to_string())
 }
 
 impl Store {

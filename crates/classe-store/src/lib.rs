@@ -47,6 +47,8 @@ const METADATA_COMMIT: std::time::Duration = std::time::Duration::from_millis(10
 pub struct Store {
     blobs: FsStore,
     dir: PathBuf,
+    /// Blobs a check found damaged in this run (see [`Store::is_damaged`]).
+    damaged: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<Hash>>>,
 }
 
 /// Opening the store failed.
@@ -131,6 +133,7 @@ impl Store {
         let store = Self {
             blobs,
             dir: dir.to_path_buf(),
+            damaged: Default::default(),
         };
         // A dropping of damaged blobs that was killed halfway left bundles
         // unpinned: pin them again.

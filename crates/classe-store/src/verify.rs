@@ -382,6 +382,7 @@ pub async fn drop_blobs(dir: &std::path::Path, damaged: &BTreeSet<Hash>) -> Resu
     let store = Store {
         blobs,
         dir: dir.to_path_buf(),
+        damaged: Default::default(),
     };
     let result = async {
         store.replay_retag_journal().await?;
@@ -436,6 +437,64 @@ pub async fn drop_blobs(dir: &std::path::Path, damaged: &BTreeSet<Hash>) -> Resu
 }
 
 impl Store {
+    /// Whether a check in this process found blob `hash` damaged. A
+    /// provider must not offer such a blob: iroh-blobs' export stops at
+    /// the damaged chunk group, and the fetching side only sees a peer
+    /// that failed.
+    pub fn is_damaged(&self, hash: Hash) -> bool {
+        self.damaged.read().is_ok_and(|d| d.contains(&hash))
+    }
+
+    /// Checks every pinned bundle in the background, one at a time, and
+    /// says in the log (warn) which bundle and file is damaged; damaged
+    /// blobs are then reported by [`Store::is_damaged`]. For providers
+    /// (`share`, `seed`), at start.
+    pub fn spawn_background_check(&self) -> tokio::task::JoinHandle<usize> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let roots = match store.pinned_roots().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("cannot list the bundles to check: {e}");
+                    return 0;
+                }
+            };
+            let mut found = 0;
+            for root in roots {
+                match store.check_bundle(root).await {
+                    Ok(check) => found += store.note_damage(&check),
+                    Err(e) => tracing::warn!(%root, "cannot check bundle: {e}"),
+                }
+            }
+            found
+        })
+    }
+
+    /// Logs and records the damage a check found; returns how many blobs.
+    pub fn note_damage(&self, check: &BundleCheck) -> usize {
+        let title = check
+            .title
+            .as_deref()
+            .unwrap_or("?")
+            .escape_debug()
+            .to_string();
+        if let Some(what) = &check.header_damage {
+            tracing::warn!(root = %check.root, "bundle \"{title}\": {what} is damaged in the local store; it is no longer served");
+        }
+        for f in check.files.iter().filter(|f| f.check.is_damaged()) {
+            tracing::warn!(
+                root = %check.root,
+                "bundle \"{title}\": file \"{}\" is damaged in the local store; it is no longer served (fetch the bundle again or share the folder again after `classe rm`)",
+                f.path.escape_debug()
+            );
+        }
+        let blobs = check.damaged_blobs();
+        if let Ok(mut d) = self.damaged.write() {
+            d.extend(blobs.iter().copied());
+        }
+        blobs.len()
+    }
+
     /// Pins again the bundles a dropping of damaged blobs took off, if a
     /// journal says so, then removes the journal.
     pub(crate) async fn replay_retag_journal(&self) -> Result<(), DropError> {
