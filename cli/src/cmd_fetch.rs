@@ -145,11 +145,12 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
         check_destination(out)?;
     }
 
+    let root = ticket.root;
+    repair_store(home, root).await?;
     let mut config = home.node_config(&args.net)?;
     config.leaves_when_done = args.no_seed;
     let node = home.spawn_node_with(config).await?;
     node.discard_control_events();
-    let root = ticket.root;
     let request = FetchRequest {
         root,
         expected_author: ticket.author,
@@ -342,6 +343,38 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
     }
     Ok(())
+}
+
+/// Before a fetch trusts what the store holds of `root`: checks it against
+/// its hashes, and drops damaged blobs so that the fetch gets them again.
+/// Reads what the store holds of the bundle once.
+async fn repair_store(home: &Home, root: Hash) -> Result<(), Exit> {
+    let store = home.open_store().await?;
+    let check = store.check_bundle(root).await;
+    store.shutdown().await;
+    let check = check
+        .map_err(|e| Exit::new(IO, format!("cannot check your store: {e}")).with_source(&e))?;
+    if !check.is_damaged() {
+        return Ok(());
+    }
+    if let Some(what) = &check.header_damage {
+        eprintln!("warning: {what} is damaged in your store; fetching it again");
+    }
+    for f in check.files.iter().filter(|f| f.check.is_damaged()) {
+        eprintln!(
+            "warning: \"{}\" is damaged in your store; fetching it again",
+            f.path.escape_debug()
+        );
+    }
+    classe_store::drop_blobs(&home.store_dir(), &check.damaged_blobs())
+        .await
+        .map_err(|e| {
+            Exit::new(
+                IO,
+                format!("cannot remove damaged data from your store: {e}"),
+            )
+            .with_source(&e)
+        })
 }
 
 /// What to fetch: from a ticket, or a bare root hash.

@@ -201,6 +201,8 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
         None => None,
     };
     let node = Arc::new(home.spawn_node_with(config).await?);
+    // Damage in this store is said in the log (warn), bundle and file.
+    node.store().spawn_background_check();
     let Some(control) = node.control().cloned() else {
         return Err(Exit::new(IO, "discovery did not start"));
     };

@@ -81,6 +81,8 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     print_skipped(&imported.skipped);
     let manifest = imported.manifest.manifest();
     node.serve_bundle(imported.root, manifest);
+    // Damage in this store is said in the log (warn), bundle and file.
+    node.store().spawn_background_check();
     node.provide(imported.root).await;
     let ticket = node.ticket(imported.root, secret.public());
     // Tell followers (the school's seed node, pupils' inboxes): signed,

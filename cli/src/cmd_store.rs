@@ -1,4 +1,4 @@
-//! `classe ls`, `classe export`, `classe rm`.
+//! `classe ls`, `classe export`, `classe rm`, `classe verify`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,16 @@ pub struct ExportArgs {
     root: String,
     /// Folder to write; must not exist or be empty.
     dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Check only this bundle (root hash or a unique prefix of at least 8
+    /// characters). Default: every bundle in the store.
+    root: Option<String>,
+    /// One JSON object per bundle and line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +126,9 @@ pub async fn export(home: &Home, args: ExportArgs) -> Result<(), Exit> {
         let root = resolve_root(&store, &args.root).await?;
         store.export(root, &args.dir).await.map_err(|e| match e {
             classe_store::ExportError::DestinationExists(_)
-            | classe_store::ExportError::Write { .. } => Exit::new(IO, e.to_string()),
+            | classe_store::ExportError::Write { .. } => {
+                Exit::new(IO, e.to_string()).with_source(&e)
+            }
             classe_store::ExportError::Read(classe_store::ReadError::Store(_)) => {
                 Exit::new(USAGE, format!("no bundle {} in your store", root.to_hex()))
             }
@@ -151,4 +163,122 @@ pub async fn rm(home: &Home, args: RmArgs) -> Result<(), Exit> {
         .map_err(crate::exit::store_open)?;
     eprintln!("Removed {}.", root.to_hex());
     Ok(())
+}
+
+pub async fn verify(home: &Home, args: VerifyArgs) -> Result<(), Exit> {
+    let store = home.open_store().await?;
+    let result = async {
+        let roots = match &args.root {
+            Some(text) => vec![resolve_root(&store, text).await?],
+            None => store.pinned_roots().await.map_err(read_err)?,
+        };
+        let mut checks = Vec::new();
+        for root in roots {
+            checks.push(store.check_bundle(root).await.map_err(read_err)?);
+        }
+        Ok::<_, Exit>(checks)
+    }
+    .await;
+    store.shutdown().await;
+    let checks = result?;
+    if let Some(text) = &args.root {
+        if checks.iter().all(|c| !c.in_store) {
+            return Err(Exit::new(
+                USAGE,
+                format!("no bundle {text} in your store; `classe ls` lists them"),
+            ));
+        }
+    }
+    if !args.json && checks.is_empty() {
+        eprintln!("Your store is empty.");
+    }
+    let mut damaged = 0usize;
+    for check in checks.iter().filter(|c| c.in_store) {
+        damaged += usize::from(check.is_damaged());
+        if args.json {
+            println!("{}", verify_json(check));
+        } else {
+            print_verify(check);
+        }
+    }
+    if damaged > 0 {
+        return Err(Exit::new(
+            VERIFY,
+            format!(
+                "{damaged} bundle(s) damaged in your store; fetch them again to repair (`classe fetch ROOT`), what is good is kept"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn file_state(check: &classe_store::BlobCheck) -> &'static str {
+    match check {
+        classe_store::BlobCheck::Good { complete: true } => "ok",
+        classe_store::BlobCheck::Good { complete: false } => "partial",
+        classe_store::BlobCheck::Missing => "missing",
+        classe_store::BlobCheck::Damaged { .. } => "damaged",
+    }
+}
+
+fn verify_json(check: &classe_store::BundleCheck) -> serde_json::Value {
+    let status = if check.is_damaged() {
+        "damaged"
+    } else if check.is_complete() {
+        "ok"
+    } else {
+        "partial"
+    };
+    serde_json::json!({
+        "root": check.root.to_hex(),
+        "title": check.title,
+        "status": status,
+        "header_damage": check.header_damage,
+        "files": check.files.iter().map(|f| {
+            let ranges = match &f.check {
+                classe_store::BlobCheck::Damaged { ranges } => ranges.clone(),
+                _ => Vec::new(),
+            };
+            serde_json::json!({
+                "path": f.path,
+                "size": f.size,
+                "status": file_state(&f.check),
+                "damaged_ranges": ranges,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn print_verify(check: &classe_store::BundleCheck) {
+    let title = check
+        .title
+        .as_deref()
+        .unwrap_or("(unreadable title)")
+        .escape_debug()
+        .to_string();
+    let short = &check.root.to_hex()[..16];
+    if let Some(what) = &check.header_damage {
+        println!("{short}  DAMAGED  {title}: {what}");
+        return;
+    }
+    if !check.is_damaged() {
+        let state = if check.is_complete() {
+            "OK"
+        } else {
+            "OK (partial)"
+        };
+        println!("{short}  {state}  {title}");
+        return;
+    }
+    println!("{short}  DAMAGED  {title}");
+    for f in &check.files {
+        if let classe_store::BlobCheck::Damaged { ranges } = &f.check {
+            let bytes: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+            println!(
+                "    damaged: \"{}\" ({bytes} of {} bytes)",
+                f.path.escape_debug(),
+                f.size
+            );
+        }
+    }
 }

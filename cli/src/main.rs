@@ -69,6 +69,9 @@ enum Command {
     Export(cmd_store::ExportArgs),
     /// Remove a bundle from your store and reclaim its space.
     Rm(cmd_store::RmArgs),
+    /// Check the bundles in your store against their hashes (exit 4 if
+    /// any is damaged).
+    Verify(cmd_store::VerifyArgs),
     /// Run a classroom on this machine: a teacher and a few pupils, each a
     /// separate classe process with its own home, on loopback.
     Demo(demo::DemoArgs),
@@ -166,6 +169,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Ls(args) => cmd_store::ls(&home, args).await,
         Command::Export(args) => cmd_store::export(&home, args).await,
         Command::Rm(args) => cmd_store::rm(&home, args).await,
+        Command::Verify(args) => cmd_store::verify(&home, args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -430,7 +430,7 @@ impl Node {
                     break Err(gave_up(
                         &corrupt,
                         format!(
-                            "nothing received from any of {} peer(s) for {} s with {missing} of {} pieces still missing: the peers that hold them refuse or do not answer",
+                            "nothing received from any of {} peer(s) for {} s with {missing} of {} pieces still missing: the peers that hold them refuse, do not answer, or hold a damaged copy (its log says so)",
                             peers.len(),
                             quiet.as_secs(),
                             layout.layout.piece_count()

@@ -281,8 +281,9 @@ impl Node {
             }
             let have = store.blob_local_bytes(hash, f.size).await?;
             already += have;
+            // What the store already holds of a blob takes no new space.
             if !store.blob_complete(hash, f.size).await? && seen.insert(hash) {
-                needed += f.size;
+                needed += f.size.saturating_sub(have);
             }
         }
         // Duplicate contents were counted once per path; cap at the total.

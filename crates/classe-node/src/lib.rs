@@ -177,6 +177,7 @@ impl Node {
         let (events, events_task) = provider::spawn_events(
             traffic.clone(),
             registry.clone(),
+            store.clone(),
             &config,
             cancel.child_token(),
         );

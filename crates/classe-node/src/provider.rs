@@ -114,6 +114,7 @@ impl Pacer {
 pub(crate) fn spawn_events(
     traffic: Arc<Traffic>,
     registry: Arc<Registry>,
+    store: classe_store::Store,
     config: &NodeConfig,
     cancel: CancellationToken,
 ) -> (EventSender, tokio::task::JoinHandle<()>) {
@@ -142,6 +143,7 @@ pub(crate) fn spawn_events(
         rx,
         traffic,
         registry,
+        store,
         queue,
         config.max_connections,
         pacer,
@@ -180,6 +182,7 @@ async fn run(
     mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>,
     traffic: Arc<Traffic>,
     registry: Arc<Registry>,
+    store: classe_store::Store,
     queue: Arc<UploadQueue>,
     max_connections: usize,
     pacer: Option<Arc<Pacer>>,
@@ -217,6 +220,14 @@ async fn run(
                     msg.tx.send(Err(AbortReason::Permission)).await.ok();
                     continue;
                 };
+                // A blob our own check found damaged is not served: the
+                // peer would only fail its hashes (the log says which
+                // bundle and file; `classe verify` tells more).
+                if store.is_damaged(msg.inner.request.hash) {
+                    tracing::debug!(peer = %conn.name, "declining a request for a damaged blob");
+                    msg.tx.send(Err(AbortReason::Permission)).await.ok();
+                    continue;
+                }
                 // The seed's rule: no piece again while on its way or just sent.
                 let admission = match registry.admit_piece(&msg.inner.request, conn.id) {
                     Verdict::Declined => {

@@ -35,6 +35,15 @@ pub enum ExportError {
     /// depth, in case a store was filled by other means).
     #[error("unsafe path in manifest: {0}")]
     UnsafePath(String),
+    /// A file's content in the store does not match its hash (disk error,
+    /// crash): nothing was written.
+    #[error("\"{path}\" is damaged in your store ({detail}); nothing was written. Fetch the lesson again to repair it, or run `classe verify`")]
+    Damaged {
+        /// The file's path in the bundle, escaped.
+        path: String,
+        /// Which bytes.
+        detail: String,
+    },
     /// Writing failed: disk full, permission denied, ...
     #[error("cannot write {path}: {source}")]
     Write {
@@ -88,7 +97,60 @@ fn remove_stale_staging(dest: &Path) {
     }
 }
 
+/// A failed blob export as a write error naming the file and the cause
+/// (the I/O error itself, not iroh-blobs' wrapper around it).
+fn blob_export_err(target: &Path, e: iroh_blobs::api::RequestError) -> ExportError {
+    ExportError::Write {
+        path: target.display().to_string(),
+        source: io_cause(&e),
+    }
+}
+
+/// The operating system's error somewhere inside `e` (iroh-blobs wraps it
+/// in layers whose messages say only "Error::Io"), else `e`'s message.
+fn io_cause(e: &(dyn std::error::Error + 'static)) -> io::Error {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are short, this only guards a cycle.
+    for _ in 0..32 {
+        let Some(cur) = next else { break };
+        if let Some(io) = cur.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return io::Error::from_raw_os_error(code);
+            }
+            // `io::Error::source` skips the error it wraps: look at it.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = cur.source();
+    }
+    io::Error::other(e.to_string())
+}
+
 impl Store {
+    /// Checks every file against its hash before anything is written: a
+    /// damaged store must not produce a folder that looks like the lesson.
+    async fn check_before_export(
+        &self,
+        files: &[classe_bundle::FileEntry],
+    ) -> Result<(), ExportError> {
+        let mut checked = std::collections::HashSet::new();
+        for f in files {
+            let hash = Hash::from_bytes(f.hash);
+            if f.size == 0 || !checked.insert(hash) {
+                continue;
+            }
+            if let crate::BlobCheck::Damaged { ranges } = self.check_blob(hash).await? {
+                return Err(ExportError::Damaged {
+                    path: f.path.escape_debug().to_string(),
+                    detail: crate::verify::describe_ranges(&ranges),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the complete bundle `root` to the folder `dest`, which must
     /// not exist or be empty.
     pub async fn export(&self, root: Hash, dest: &Path) -> Result<(), ExportError> {
@@ -104,6 +166,7 @@ impl Store {
         if missing > 0 {
             return Err(ExportError::Incomplete { missing });
         }
+        self.check_before_export(files).await?;
 
         let dest = std::path::absolute(dest).map_err(write_err(dest))?;
         match fs::read_dir(&dest) {
@@ -159,10 +222,7 @@ impl Store {
                 .export(Hash::from_bytes(f.hash), &target)
                 .finish()
                 .await
-                .map_err(|e| ExportError::Write {
-                    path: target.display().to_string(),
-                    source: io::Error::other(e.to_string()),
-                })?;
+                .map_err(|e| blob_export_err(&target, e))?;
             let written = fs::metadata(&target).map_err(write_err(&target))?.len();
             if written != f.size {
                 return Err(ExportError::Write {

@@ -35,13 +35,28 @@ impl Lessons {
     }
 
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        fs::write(&tmp, json)?;
-        fs::rename(tmp, path)
+        write_atomic(path, &json)
     }
 
     pub fn key(author: &str, source: &Path) -> String {
         format!("{author}\n{}", source.display())
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place,
+/// synced first: after a crash the file is either the old or the new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }

@@ -18,6 +18,7 @@
 mod export;
 mod import;
 mod lessons;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -33,15 +34,21 @@ use n0_future::StreamExt;
 pub use export::ExportError;
 pub use import::{ImportError, ImportOptions, ImportProgress, Imported, Skipped};
 pub use iroh_blobs;
+pub use verify::{drop_blobs, BlobCheck, BundleCheck, DropError, FileCheck};
 
 /// Prefix of the tags that pin bundles.
 const TAG_PREFIX: &str = "classe/bundle/";
+
+/// Longest time between a change to the store's metadata and its commit.
+const METADATA_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A handle to the store. Cheap to clone; all clones share one store.
 #[derive(Clone, Debug)]
 pub struct Store {
     blobs: FsStore,
     dir: PathBuf,
+    /// Blobs a check found damaged in this run (see [`Store::is_damaged`]).
+    damaged: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<Hash>>>,
 }
 
 /// Opening the store failed.
@@ -108,16 +115,38 @@ impl Store {
             path: blob_dir.display().to_string(),
             source,
         })?;
-        let blobs = FsStore::load(&blob_dir)
+        let mut options = iroh_blobs::store::fs::options::Options::new(&blob_dir);
+        // What a kill can lose: the store's metadata (which blobs exist,
+        // partial or complete, and the pins) is committed in batches of at
+        // most this long (iroh-blobs' default is 500 ms, long enough for a
+        // fast fetch to hold megabytes the database does not know of yet).
+        // The data files themselves survive a kill; the ranges of a partial
+        // blob are recomputed from data and outboard when its bitfield
+        // file was not written.
+        options.batch.max_write_duration = METADATA_COMMIT;
+        let blobs = FsStore::load_with_opts(blob_dir.join("blobs.db"), options)
             .await
             .map_err(|e| OpenError::Load {
                 path: blob_dir.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(Self {
+        let store = Self {
             blobs,
             dir: dir.to_path_buf(),
-        })
+            damaged: Default::default(),
+        };
+        // A dropping of damaged blobs that was killed halfway left bundles
+        // unpinned: pin them again.
+        if let Err(e) = store.replay_retag_journal().await {
+            tracing::warn!("cannot restore the pins of bundles being repaired: {e}");
+        }
+        Ok(store)
+    }
+
+    /// Makes everything the store was told so far durable (metadata
+    /// committed), so that a kill from now on loses none of it.
+    pub async fn sync(&self) -> Result<(), ReadError> {
+        self.blobs.sync_db().await.map_err(store_err)
     }
 
     /// The underlying iroh-blobs store, for the network layer.
@@ -136,12 +165,14 @@ impl Store {
     }
 
     /// Pins a bundle root so that its blobs survive garbage collection.
+    /// The pin is durable when this returns.
     pub async fn pin(&self, root: Hash) -> Result<(), ReadError> {
         self.blobs
             .tags()
             .set(tag_name(root), HashAndFormat::hash_seq(root))
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        self.sync().await
     }
 
     /// Reads the hash sequence of `root`: the manifest hash, then file hashes.
