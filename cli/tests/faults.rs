@@ -74,7 +74,7 @@ fn vanished_pupils_are_let_go_and_a_newcomer_is_served() {
         &sharer.ticket,
         Some(&key),
         &out_dir,
-        &["--no-seed", "--json"],
+        &["--json"],
     );
     assert!(
         out.status.success(),
