@@ -45,8 +45,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("announce", announce),
     ("record", record),
     ("swarm_frame", swarm_frame),
-    ("author_key", author_key),
-    ("secret_key_file", secret_key_file),
+    ("keys", keys),
     ("trust_file", trust_file),
 ];
 
@@ -367,6 +366,13 @@ where
         Ok(again) => assert_eq!(again, msg),
         Err(e) => panic!("a re-encoded message does not decode: {e}"),
     }
+}
+
+/// Author keys and secret key files (one target: both decode the same
+/// base32 text).
+pub fn keys(data: &[u8]) {
+    author_key(data);
+    secret_key_file(data);
 }
 
 /// An author key typed or pasted: one text per key (letter case and

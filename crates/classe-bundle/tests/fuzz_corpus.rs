@@ -555,6 +555,16 @@ fn secret_key_file_seeds() -> Seeds {
     ]
 }
 
+fn key_seeds() -> Seeds {
+    let keys = author_key_seeds()
+        .into_iter()
+        .map(|(n, d)| (format!("key-{n}"), d));
+    let files = secret_key_file_seeds()
+        .into_iter()
+        .map(|(n, d)| (format!("file-{n}"), d));
+    keys.chain(files).collect()
+}
+
 fn trust_file_seeds() -> Seeds {
     let a = teacher().public();
     let b = fuzzing::test_secret().public();
@@ -606,8 +616,7 @@ fn write_seed_corpus() {
         ("announce", announce_seeds()),
         ("record", record_seeds()),
         ("swarm_frame", swarm_seeds()),
-        ("author_key", author_key_seeds()),
-        ("secret_key_file", secret_key_file_seeds()),
+        ("keys", key_seeds()),
         ("trust_file", trust_file_seeds()),
     ];
     assert_eq!(all.len(), TARGETS.len());

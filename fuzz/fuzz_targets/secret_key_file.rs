@@ -1,8 +1,0 @@
-//! Fuzz target `secret_key_file`: the properties are in `classe_bundle::fuzzing::secret_key_file`,
-//! which the corpus replay test (crates/classe-bundle/tests/fuzz_corpus.rs)
-//! runs too.
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    classe_bundle::fuzzing::secret_key_file(data);
-});
