@@ -254,7 +254,7 @@ fn ticket_seeds() -> Seeds {
     seeds.push(("empty".into(), Vec::new()));
     seeds.push((
         "too-long".into(),
-        format!("classe{}", "a".repeat(4100)).into_bytes(),
+        format!("classe{}", "a".repeat(8200)).into_bytes(),
     ));
     let body = unbase32(&text[6..]);
     for (name, bad) in damaged(&body) {
@@ -270,6 +270,20 @@ fn ticket_seeds() -> Seeds {
         "format-1".into(),
         format!("classe{}", base32(&v1)).into_bytes(),
     ));
+    // Format 1, just under the old 4096-character limit: printed as format
+    // 2 it was just over it, and did not parse again.
+    let addr: std::net::SocketAddr = "[2001:db8::1]:4433".parse().unwrap();
+    let v1 = postcard::to_stdvec(&TicketWire::V1 {
+        root: [4; 32],
+        author,
+        providers: (0..8u8)
+            .map(|n| ([n; 32], vec![addr; 14], (n == 0).then(|| "x".repeat(85))))
+            .collect(),
+    })
+    .unwrap();
+    let text = format!("classe{}", base32(&v1));
+    assert_eq!(text.len(), 4090);
+    seeds.push(("format-1-near-4096".into(), text.into_bytes()));
     seeds
 }
 
