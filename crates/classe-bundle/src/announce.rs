@@ -163,6 +163,19 @@ impl SignedAnnouncement {
 
     /// Decodes and verifies: size, canonical encoding, limits, signature.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AnnounceError> {
+        let signed = Self::decode_unverified(bytes)?;
+        signed.announcement.check_limits()?;
+        // The key bytes came from the wire: a non-key fails here too.
+        let key = AuthorKey::from_bytes(*signed.announcement.author.as_bytes())
+            .map_err(|_| AnnounceError::BadSignature)?;
+        if !key.verify(&signed.announcement.signing_message(), &signed.signature) {
+            return Err(AnnounceError::BadSignature);
+        }
+        Ok(signed)
+    }
+
+    /// Size and canonical encoding only: neither limits nor signature.
+    pub(crate) fn decode_unverified(bytes: &[u8]) -> Result<Self, AnnounceError> {
         if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
             return Err(AnnounceError::TooLarge(bytes.len()));
         }
@@ -184,13 +197,6 @@ impl SignedAnnouncement {
         };
         if signed.to_bytes() != bytes {
             return Err(AnnounceError::Decode);
-        }
-        signed.announcement.check_limits()?;
-        // The key bytes came from the wire: a non-key fails here too.
-        let key = AuthorKey::from_bytes(*signed.announcement.author.as_bytes())
-            .map_err(|_| AnnounceError::BadSignature)?;
-        if !key.verify(&signed.announcement.signing_message(), &signed.signature) {
-            return Err(AnnounceError::BadSignature);
         }
         Ok(signed)
     }

@@ -152,21 +152,31 @@ impl AuthorSecret {
             path: path.display().to_string(),
             source,
         })?);
-        let format = || KeyError::Format {
+        Self::from_file_text(&text).ok_or_else(|| KeyError::Format {
             path: path.display().to_string(),
-        };
+        })
+    }
+
+    /// Parses the content of a key file written by [`AuthorSecret::save`];
+    /// None if it is not one.
+    pub(crate) fn from_file_text(text: &str) -> Option<Self> {
         let mut lines = text.lines();
         if lines.next() != Some(SECRET_FILE_HEADER) {
-            return Err(format());
+            return None;
         }
-        let body = lines.next().ok_or_else(format)?;
+        let body = lines.next()?;
         let bytes = Zeroizing::new(
             BASE32
                 .decode(body.trim().to_ascii_uppercase().as_bytes())
-                .map_err(|_| format())?,
+                .ok()?,
         );
-        let bytes: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| format())?;
-        Ok(Self::from_bytes(bytes))
+        let bytes: &[u8; 32] = bytes.as_slice().try_into().ok()?;
+        Some(Self::from_bytes(bytes))
+    }
+
+    /// The content [`AuthorSecret::save`] writes.
+    pub(crate) fn file_text(&self) -> Zeroizing<String> {
+        self.body()
     }
 
     /// Loads the key at `path`, or creates one there if the file does not

@@ -21,6 +21,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod announce;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod manifest;
 pub mod path;

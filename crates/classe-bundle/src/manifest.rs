@@ -192,9 +192,12 @@ impl Manifest {
         }
     }
 
-    /// Sum of all file sizes.
+    /// Sum of all file sizes (saturating: a manifest not yet validated
+    /// may claim sizes whose sum overflows).
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |total, f| total.saturating_add(f.size))
     }
 
     /// Checks paths (of files and empty folders), entry count, total size
@@ -332,6 +335,15 @@ impl SignedManifest {
         signed.verify()?;
         signed.manifest.validate()?;
         Ok(signed)
+    }
+
+    /// Pairs a manifest with signature bytes, checking nothing (the fuzz
+    /// properties re-sign what they decode).
+    pub(crate) fn from_parts(manifest: Manifest, signature: [u8; 64]) -> Self {
+        Self {
+            manifest,
+            signature,
+        }
     }
 }
 
@@ -471,6 +483,18 @@ mod tests {
             SignedManifest::decode_verified(&bytes),
             Err(ManifestError::UnsafePath(_))
         ));
+    }
+
+    #[test]
+    fn total_size_of_an_unvalidated_manifest_does_not_overflow() {
+        // Found by fuzzing: sizes whose sum overflows made `total_size`
+        // panic (debug) or wrap (release) on a manifest not yet validated.
+        let secret = AuthorSecret::generate();
+        let mut manifest = sample(&secret);
+        manifest.files[0].size = u64::MAX;
+        manifest.files[1].size = 2;
+        assert_eq!(manifest.total_size(), u64::MAX);
+        assert!(matches!(manifest.validate(), Err(ManifestError::Limit(_))));
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub enum PathError {
 const WINDOWS_DEVICES: &[&str] = &[
     "CON", "PRN", "AUX", "NUL", "COM0", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7",
     "COM8", "COM9", "LPT0", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-    "CONIN$", "CONOUT$",
+    "CONIN$", "CONOUT$", // Windows also counts superscript digits as digits here.
+    "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³",
 ];
 
 /// Checks one relative path, with `/` as the separator.
@@ -242,6 +243,10 @@ mod tests {
             ("CON", |e| matches!(e, PathError::Reserved(_))),
             ("dir/nul.txt", |e| matches!(e, PathError::Reserved(_))),
             ("com1", |e| matches!(e, PathError::Reserved(_))),
+            // Found by the fuzz path oracle: Windows treats these as COM1
+            // and LPT3 too.
+            ("COM¹.txt", |e| matches!(e, PathError::Reserved(_))),
+            ("dir/lpt³", |e| matches!(e, PathError::Reserved(_))),
             ("trailing.", |e| matches!(e, PathError::Reserved(_))),
             ("trailing ", |e| matches!(e, PathError::Reserved(_))),
             (&long_component, |e| matches!(e, PathError::TooLong(_))),

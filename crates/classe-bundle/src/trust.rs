@@ -53,6 +53,12 @@ impl TrustStore {
                 })
             }
         };
+        Self::parse(path, &text)
+    }
+
+    /// Parses the content of a trust file; `path` names it in errors and
+    /// is where [`TrustStore::save`] writes.
+    pub(crate) fn parse(path: PathBuf, text: &str) -> Result<Self, TrustError> {
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -65,7 +71,7 @@ impl TrustStore {
                 line: i + 1,
                 source,
             })?;
-            entries.push((key, name.trim().to_string()));
+            entries.push((key, clean_name(name)));
         }
         Ok(Self { path, entries })
     }
@@ -92,7 +98,7 @@ impl TrustStore {
     /// Adds or renames an author. Returns false if it was already there
     /// with that name.
     pub fn add(&mut self, key: AuthorKey, name: &str) -> bool {
-        let name: String = name.chars().filter(|c| !c.is_control()).collect();
+        let name = clean_name(name);
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some((_, old)) if *old == name => false,
             Some((_, old)) => {
@@ -113,19 +119,25 @@ impl TrustStore {
         before != self.entries.len()
     }
 
+    /// The file's content as [`TrustStore::save`] writes it.
+    pub(crate) fn to_text(&self) -> String {
+        let mut text = String::from("# Authors whose lessons classe accepts: key, then a name.\n");
+        for (key, name) in &self.entries {
+            text.push_str(&format!("{key} {name}\n"));
+        }
+        text
+    }
+
     /// Writes the file atomically.
     pub fn save(&self) -> Result<(), TrustError> {
         let err = |source| TrustError::Io {
             path: self.path.display().to_string(),
             source,
         };
-        let mut text = String::from("# Authors whose lessons classe accepts: key, then a name.\n");
-        for (key, name) in &self.entries {
-            text.push_str(&format!("{key} {name}\n"));
-        }
         if let Some(parent) = self.path.parent() {
             fs::create_dir_all(parent).map_err(err)?;
         }
+        let text = self.to_text();
         // A name of our own: two processes writing at once must not share one.
         let tmp = self
             .path
@@ -133,6 +145,20 @@ impl TrustStore {
         fs::write(&tmp, text).map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)
     }
+}
+
+/// A name as kept and shown: a tab becomes a space, other control
+/// characters (a terminal escape) are dropped, and the ends are trimmed.
+fn clean_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_control() && c.is_whitespace() => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect();
+    name.trim().to_string()
 }
 
 #[cfg(test)]
@@ -159,6 +185,20 @@ mod tests {
         assert!(!again.remove(&a));
         again.save().unwrap();
         assert!(!TrustStore::load(path).unwrap().contains(&a));
+    }
+
+    #[test]
+    fn names_from_the_file_carry_no_control_characters() {
+        // Found by fuzzing: a name read from the file kept its tabs and
+        // terminal escapes (which `add` removes), and printed them as is.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust");
+        let a = AuthorSecret::generate().public();
+        let b = AuthorSecret::generate().public();
+        fs::write(&path, format!("{a} Mme\tDurand \n{b} x\u{1b}[2Jy\n")).unwrap();
+        let store = TrustStore::load(path).unwrap();
+        assert_eq!(store.name(&a), Some("Mme Durand"));
+        assert_eq!(store.name(&b), Some("x[2Jy"));
     }
 
     #[test]

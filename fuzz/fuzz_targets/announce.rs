@@ -1,0 +1,8 @@
+//! Fuzz target `announce`: the properties are in `classe_bundle::fuzzing::announce`,
+//! which the corpus replay test (crates/classe-bundle/tests/fuzz_corpus.rs)
+//! runs too.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    classe_bundle::fuzzing::announce(data);
+});
