@@ -182,6 +182,7 @@ fn sample_manifest(author: AuthorKey, files: &[(&str, u64)]) -> Manifest {
                 hash: [i as u8; 32],
             })
             .collect(),
+        dirs: Vec::new(),
     }
 }
 
@@ -312,6 +313,11 @@ fn manifest_seeds() -> Seeds {
         let signed = SignedManifest::sign(m, &secret).unwrap();
         seeds.push(((*name).into(), signed.to_bytes()));
     }
+    // Format 2: empty folders.
+    let mut m = sample_manifest(secret.public(), &[("cours/a.txt", 1)]);
+    m.dirs = vec!["à rendre".into(), "cours/vide/plus".into()];
+    let signed = SignedManifest::sign(m, &secret).unwrap();
+    seeds.push(("empty-folders".into(), signed.to_bytes()));
     // By another key: verifies, but not against the fuzzing key.
     let other = teacher();
     let m = sample_manifest(other.public(), &[("cours.pdf", 1)]);
