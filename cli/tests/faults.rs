@@ -70,12 +70,7 @@ fn vanished_pupils_are_let_go_and_a_newcomer_is_served() {
 
     let fresh = User::new(dir.path(), "fresh");
     let out_dir = dir.path().join("fresh-out");
-    let out = fresh.fetch(
-        &sharer.ticket,
-        Some(&key),
-        &out_dir,
-        &["--json"],
-    );
+    let out = fresh.fetch(&sharer.ticket, Some(&key), &out_dir, &["--json"]);
     assert!(
         out.status.success(),
         "the newcomer failed: {}",
