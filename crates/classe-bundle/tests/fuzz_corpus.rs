@@ -67,6 +67,8 @@ fn every_corpus_file_replays_without_breaking_a_property() {
             "corpus of {name} has {} files",
             files.len()
         );
+        let started = std::time::Instant::now();
+        let in_dir = files.len();
         for file in files {
             let data = fs::read(&file).unwrap();
             count += 1;
@@ -81,6 +83,7 @@ fn every_corpus_file_replays_without_breaking_a_property() {
                 failures.push(file.display().to_string());
             }
         }
+        println!("{name}: {in_dir} files in {:?}", started.elapsed());
     }
     assert!(failures.is_empty(), "properties broken by {failures:?}");
     assert!(count > 100, "only {count} corpus files");
