@@ -117,6 +117,11 @@ impl Running {
         }
     }
 
+    /// The next line on stdout if one has arrived, without waiting.
+    pub fn try_line(&self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
     /// Every line that arrives within `limit`.
     pub fn lines_for(&self, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
