@@ -335,34 +335,11 @@ fn author_key_moves_between_machines() {
     assert!(!stdout(&out).contains(secret_line) && !stderr(&out).contains(secret_line));
 }
 
-/// A small tmpfs, unmounted on drop. None when this process may not mount
-/// (not root): the caller then says so and skips.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_disk_is_reported_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small");
-    let Some(_mount) = Tmpfs::mount(&small, "8m") else {
+    let Some(_mount) = Tmpfs::mount(&small, "size=8m") else {
         eprintln!("SKIPPED full_disk_is_reported_and_leaves_nothing: cannot mount a tmpfs here (needs root)");
         return;
     };

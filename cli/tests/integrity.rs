@@ -101,44 +101,6 @@ fn wait_for_held(pupil: &User, fetch: &mut Guard, bytes: u64) -> bool {
     panic!("the store never held {bytes} bytes");
 }
 
-/// A small tmpfs, unmounted on drop. None when this process may not mount
-/// (not root): the caller then says so and skips.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Self(dir.to_path_buf()))
-    }
-
-    fn free(&self) -> u64 {
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A pupil with the lesson complete in the store, fetched from a teacher
 /// who is still sharing.
 struct Fetched {
