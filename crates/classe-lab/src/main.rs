@@ -290,6 +290,60 @@ struct RunArgs {
     /// Keep each run's folder (homes, outputs, logs) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Runs of each scenario at each class size, the scenarios taking
+    /// turns; the table shows every run, the summary their medians.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Network details preset: `default` (the lab's own), or `strict`
+    /// (issue 11's independent lab: 100 ms pfifo leaves, HTB r2q 1000 and
+    /// quantum 1514, TSO/GSO/GRO off, IPv6 off). The flags below override.
+    #[arg(long, default_value = "default", value_parser = ["default", "strict"])]
+    net: String,
+    /// An explicit pfifo leaf under each HTB class holding this many ms of
+    /// its rate (default: HTB's own leaf, 1000 packets).
+    #[arg(long, value_name = "MS")]
+    leaf_queue_ms: Option<u32>,
+    /// HTB r2q on every shaped interface.
+    #[arg(long)]
+    htb_r2q: Option<u32>,
+    /// HTB quantum on every class, bytes.
+    #[arg(long)]
+    htb_quantum: Option<u32>,
+    /// TSO/GSO/GRO on every veth: `on` (the kernel's default) or `off`.
+    #[arg(long, value_parser = ["on", "off"])]
+    offloads: Option<String>,
+    /// IPv6 in every namespace: `on` or `off`.
+    #[arg(long, value_parser = ["on", "off"])]
+    ipv6: Option<String>,
+    /// Niceness of the seed host's processes, for every scenario (e.g.
+    /// -10 with hundreds of pupils: a real seed has its own CPU).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    seed_nice: i32,
+}
+
+/// The network details the flags ask for.
+fn net_options(args: &RunArgs) -> net::NetOptions {
+    let mut o = if args.net == "strict" {
+        net::NetOptions::strict()
+    } else {
+        net::NetOptions::default()
+    };
+    if args.leaf_queue_ms.is_some() {
+        o.leaf_queue_ms = args.leaf_queue_ms;
+    }
+    if args.htb_r2q.is_some() {
+        o.htb_r2q = args.htb_r2q;
+    }
+    if args.htb_quantum.is_some() {
+        o.htb_quantum = args.htb_quantum;
+    }
+    if let Some(v) = &args.offloads {
+        o.offloads = v == "on";
+    }
+    if let Some(v) = &args.ipv6 {
+        o.ipv6 = v == "on";
+    }
+    o
 }
 
 /// A rate or `none` (a newtype: clap reads a bare `Option` as "flag may
@@ -367,8 +421,9 @@ async fn run(args: RunArgs) -> Result<bool> {
         for prog in scenario::required_programs(s) {
             if !scenario::have_program(prog) {
                 bail!(
-                    "scenario {} needs {prog}: apt-get install nginx-light curl",
-                    s.name
+                    "scenario {} needs {prog}: apt-get install {}",
+                    s.name,
+                    scenario::package_of(prog)
                 );
             }
         }
@@ -410,6 +465,12 @@ async fn run(args: RunArgs) -> Result<bool> {
         plan.work_root = dir.clone();
     }
     plan.keep = args.keep;
+    plan.repeat = args.repeat;
+    plan.seed_nice = args.seed_nice;
+    plan.net = net_options(&args);
+    if !plan.net.offloads && !scenario::have_program("ethtool") {
+        bail!("--offloads off needs ethtool: apt-get install ethtool");
+    }
     if let Some(bin) = &plan.classe_bin {
         if bin.components().any(|c| c.as_os_str() == "debug") {
             eprintln!("classe-lab: warning: {} looks like a debug build; its times mean little (build with --release)", bin.display());
@@ -527,5 +588,24 @@ mod tests {
         assert_eq!(args.down_list.len(), 2);
         assert_eq!(args.pupils, vec![3, 5]);
         assert_eq!(args.churn.unwrap().at_secs, 30.0);
+        assert!(net_options(&args).is_default());
+        let cli = Cli::try_parse_from([
+            "classe-lab",
+            "run",
+            "--net",
+            "strict",
+            "--ipv6",
+            "on",
+            "--leaf-queue-ms",
+            "1000",
+        ])
+        .unwrap();
+        let Cmd::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let o = net_options(&args);
+        assert!(o.ipv6 && !o.offloads);
+        assert_eq!(o.leaf_queue_ms, Some(1000));
+        assert_eq!(o.htb_r2q, Some(1000));
     }
 }

@@ -209,12 +209,24 @@ pub struct Topology {
     created: Vec<String>,
     /// One-way delay added at every host's egress, if netem is used.
     delay_ms: Option<f64>,
+    /// Queue, offload and IPv6 details.
+    opts: NetOptions,
 }
 
 impl Topology {
     /// Builds the network: host 0 is the seed, hosts 1.. are the pupils.
     /// `tag` must be unique on the machine (it includes the pid).
     pub fn build(tag: &str, shapes: &[Shape], delay_ms: Option<f64>) -> Result<Self> {
+        Self::build_with(tag, shapes, delay_ms, &NetOptions::default())
+    }
+
+    /// [`Topology::build`] with the details of the emulation set by `opts`.
+    pub fn build_with(
+        tag: &str,
+        shapes: &[Shape],
+        delay_ms: Option<f64>,
+        opts: &NetOptions,
+    ) -> Result<Self> {
         if shapes.len() < 2 || shapes.len() > MAX_PUPILS + 1 {
             bail!("a topology needs a seed and 1..={MAX_PUPILS} pupils");
         }
@@ -223,8 +235,8 @@ impl Topology {
             hosts: Vec::new(),
             created: Vec::new(),
             delay_ms,
+            opts: opts.clone(),
         };
-        // On error, `topo` is dropped here and removes what exists.
         topo.build_inner(tag, shapes)?;
         Ok(topo)
     }
@@ -232,6 +244,12 @@ impl Topology {
     fn add_ns(&mut self, ns: &str) -> Result<()> {
         ip(&["netns", "add", ns])?;
         self.created.push(ns.to_string());
+        if !self.opts.ipv6 {
+            for scope in ["all", "default"] {
+                let key = format!("net.ipv6.conf.{scope}.disable_ipv6=1");
+                run_tool("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", &key])?;
+            }
+        }
         ip(&["-n", ns, "link", "set", "lo", "up"])
     }
 
@@ -264,8 +282,12 @@ impl Topology {
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &br, "link", "set", &port, "up"])?;
-            shape_egress(&ns, "eth0", shape.up_bps, self.delay_ms)?;
-            shape_egress(&br, &port, shape.down_bps, None)?;
+            if !self.opts.offloads {
+                offloads_off(&ns, "eth0")?;
+                offloads_off(&br, &port)?;
+            }
+            shape_egress_with(&ns, "eth0", shape.up_bps, self.delay_ms, &self.opts)?;
+            shape_egress_with(&br, &port, shape.down_bps, None, &self.opts)?;
             self.hosts.push(Host {
                 ns,
                 ip: addr,
@@ -316,6 +338,17 @@ pub(crate) fn shape_egress(
     rate: Option<u64>,
     delay_ms: Option<f64>,
 ) -> Result<()> {
+    shape_egress_with(ns, dev, rate, delay_ms, &NetOptions::default())
+}
+
+/// [`shape_egress`] with the HTB and leaf-queue details of `opts`.
+pub(crate) fn shape_egress_with(
+    ns: &str,
+    dev: &str,
+    rate: Option<u64>,
+    delay_ms: Option<f64>,
+    opts: &NetOptions,
+) -> Result<()> {
     let delay = delay_ms.filter(|d| *d > 0.0).map(|d| format!("{d}ms"));
     match (rate, &delay) {
         (None, None) => Ok(()),
@@ -323,23 +356,135 @@ pub(crate) fn shape_egress(
             "-n", ns, "qdisc", "add", "dev", dev, "root", "netem", "delay", d, "limit", "10000",
         ]),
         (Some(r), _) => {
-            let r = format!("{r}bit");
-            tc(&[
+            let bits = format!("{r}bit");
+            let mut root = vec![
                 "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default",
                 "10",
-            ])?;
-            tc(&[
+            ];
+            let r2q = opts.htb_r2q.map(|v| v.to_string());
+            if let Some(v) = &r2q {
+                root.extend(["r2q", v]);
+            }
+            tc(&root)?;
+            let mut class = vec![
                 "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-                "rate", &r, "ceil", &r,
-            ])?;
+                "rate", &bits, "ceil", &bits,
+            ];
+            let quantum = opts.htb_quantum.map(|v| v.to_string());
+            if let Some(v) = &quantum {
+                class.extend(["quantum", v]);
+            }
+            tc(&class)?;
             if let Some(d) = &delay {
                 tc(&[
                     "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:",
                     "netem", "delay", d, "limit", "10000",
                 ])?;
+            } else if let Some(ms) = opts.leaf_queue_ms {
+                let limit = leaf_packets(r, ms).to_string();
+                tc(&[
+                    "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:",
+                    "pfifo", "limit", &limit,
+                ])?;
             }
             Ok(())
         }
+    }
+}
+
+/// Packets of 1514 bytes that `ms` milliseconds at `rate_bps` carry (at
+/// least 2): the size of a leaf queue that holds that much of the rate.
+pub fn leaf_packets(rate_bps: u64, ms: u32) -> u64 {
+    (rate_bps as f64 * f64::from(ms) / 1000.0 / (1514.0 * 8.0))
+        .round()
+        .max(2.0) as u64
+}
+
+/// TSO, GSO and GRO off on one end of a veth (ethtool from Debian).
+fn offloads_off(ns: &str, dev: &str) -> Result<()> {
+    run_tool(
+        "ip",
+        &[
+            "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+        ],
+    )
+    .map(|_| ())
+    .context("cannot switch offloads off (is ethtool installed?)")
+}
+
+/// Details of the emulated network that should not change a result but
+/// can (issue 11: an independent lab that differed in these measured
+/// classe 1.5x slower while BitTorrent did not move). The defaults are the
+/// lab's historical settings; [`NetOptions::strict`] is that other lab's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct NetOptions {
+    /// An explicit `pfifo` leaf under each HTB class holding this many
+    /// milliseconds of its rate (`None`: HTB's default leaf, a pfifo as
+    /// long as the device's txqueuelen, 1000 packets on a veth).
+    pub leaf_queue_ms: Option<u32>,
+    /// HTB's `r2q` on each root (`None`: tc's default, 10).
+    pub htb_r2q: Option<u32>,
+    /// HTB's `quantum` on each class (`None`: rate / r2q).
+    pub htb_quantum: Option<u32>,
+    /// Segmentation and receive offloads (TSO, GSO, GRO) left on.
+    pub offloads: bool,
+    /// IPv6 left on in every namespace.
+    pub ipv6: bool,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            leaf_queue_ms: None,
+            htb_r2q: None,
+            htb_quantum: None,
+            offloads: true,
+            ipv6: true,
+        }
+    }
+}
+
+impl NetOptions {
+    /// The independent lab of issue 11: 100 ms pfifo leaves, `r2q 1000`,
+    /// `quantum 1514`, offloads and IPv6 off.
+    pub fn strict() -> Self {
+        Self {
+            leaf_queue_ms: Some(100),
+            htb_r2q: Some(1000),
+            htb_quantum: Some(1514),
+            offloads: false,
+            ipv6: false,
+        }
+    }
+
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// A short label for tables ("default", or the settings that differ).
+    pub fn label(&self) -> String {
+        if self.is_default() {
+            return "default".into();
+        }
+        let mut parts = Vec::new();
+        if let Some(ms) = self.leaf_queue_ms {
+            parts.push(format!("leaf {ms} ms"));
+        }
+        if let Some(v) = self.htb_r2q {
+            parts.push(format!("r2q {v}"));
+        }
+        if let Some(v) = self.htb_quantum {
+            parts.push(format!("quantum {v}"));
+        }
+        if !self.offloads {
+            parts.push("offloads off".into());
+        }
+        if !self.ipv6 {
+            parts.push("IPv6 off".into());
+        }
+        parts.join(", ")
     }
 }
 
@@ -350,6 +495,10 @@ pub struct LinkCounters {
     pub rx: u64,
     /// Bytes sent.
     pub tx: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
 }
 
 /// Counters of `dev` in `ns`, from `ip -s -j link`.
@@ -364,22 +513,37 @@ fn parse_link_counters(json: &str) -> Result<LinkCounters> {
         .get(0)
         .and_then(|l| l.get("stats64"))
         .context("no stats64")?;
-    let get = |dir: &str| {
+    let get = |dir: &str, what: &str| {
         stats
             .get(dir)
-            .and_then(|d| d.get("bytes"))
+            .and_then(|d| d.get(what))
             .and_then(serde_json::Value::as_u64)
-            .context("no byte counter")
+            .with_context(|| format!("no {what} counter"))
     };
     Ok(LinkCounters {
-        rx: get("rx")?,
-        tx: get("tx")?,
+        rx: get("rx", "bytes")?,
+        tx: get("tx", "bytes")?,
+        rx_packets: get("rx", "packets").unwrap_or(0),
+        tx_packets: get("tx", "packets").unwrap_or(0),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_queues_hold_their_milliseconds() {
+        // 10 Mbit/s for 100 ms = 125 kB = 82.6 packets of 1514 bytes.
+        assert_eq!(leaf_packets(10_000_000, 100), 83);
+        assert_eq!(leaf_packets(100_000_000, 100), 826);
+        assert_eq!(leaf_packets(64_000, 10), 2);
+        assert_eq!(NetOptions::default().label(), "default");
+        assert_eq!(
+            NetOptions::strict().label(),
+            "leaf 100 ms, r2q 1000, quantum 1514, offloads off, IPv6 off"
+        );
+    }
 
     #[test]
     fn addresses_stay_in_the_lab_range_and_are_distinct() {
@@ -407,7 +571,12 @@ mod tests {
         let json = r#"[{"ifname":"eth0","stats64":{"rx":{"bytes":10,"packets":1},"tx":{"bytes":20,"packets":2}}}]"#;
         assert_eq!(
             parse_link_counters(json).unwrap(),
-            LinkCounters { rx: 10, tx: 20 }
+            LinkCounters {
+                rx: 10,
+                tx: 20,
+                rx_packets: 1,
+                tx_packets: 2,
+            }
         );
         assert!(parse_link_counters("[]").is_err());
     }

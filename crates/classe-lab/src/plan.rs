@@ -102,6 +102,13 @@ pub struct Plan {
     pub work_root: PathBuf,
     /// Keep each run's folder.
     pub keep: bool,
+    /// Details of the emulated network.
+    pub net: crate::net::NetOptions,
+    /// Runs of each scenario at each class size. Scenarios take turns
+    /// (A B A B ...), so a slow spell of the machine hits every contender.
+    pub repeat: usize,
+    /// Niceness of the seed's processes (see [`RunConfig::seed_nice`]).
+    pub seed_nice: i32,
 }
 
 impl Plan {
@@ -134,6 +141,9 @@ impl Plan {
             classe_bin: None,
             work_root: std::env::temp_dir(),
             keep: false,
+            net: crate::net::NetOptions::default(),
+            repeat: 1,
+            seed_nice: 0,
         }
     }
 
@@ -167,6 +177,9 @@ impl Plan {
                 bail!("churn needs a fraction in 0..=1 and a time ≥ 0");
             }
         }
+        if !(1..=20).contains(&self.repeat) {
+            bail!("--repeat must be within 1..=20");
+        }
         if self.timeout_factor <= 0.0 || self.max_timeout > Duration::from_secs(4 * 3600) {
             bail!("the run limit must be positive and at most 4 h");
         }
@@ -195,6 +208,8 @@ impl Plan {
             classe_info: None,
             work_root: self.work_root.clone(),
             keep: self.keep,
+            net: self.net.clone(),
+            seed_nice: self.seed_nice,
         }
     }
 
@@ -218,8 +233,11 @@ impl Plan {
         };
         let mut results = Vec::new();
         let mut errors = Vec::new();
-        for &n in &self.pupils {
-            for s in &self.scenarios {
+        let turns = self.pupils.iter().flat_map(|&n| {
+            (0..self.repeat).flat_map(move |_| self.scenarios.iter().map(move |s| (n, s)))
+        });
+        for (n, s) in turns {
+            {
                 let mut cfg = self.run_config(s, n);
                 if let Some(p) = &pinned {
                     cfg.classe_bin = Some(p.path().to_path_buf());

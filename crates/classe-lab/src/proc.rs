@@ -62,6 +62,8 @@ pub struct Spec<'a> {
     pub log: Option<&'a Path>,
     /// Its working folder.
     pub cwd: Option<&'a Path>,
+    /// Its scheduling niceness (0: the lab's own; negative: more CPU).
+    pub nice: i32,
 }
 
 impl Proc {
@@ -69,13 +71,26 @@ impl Proc {
     /// [`Proc::next_line`]); stderr goes to the log file.
     pub fn spawn(name: impl Into<String>, spec: Spec<'_>) -> Result<Self> {
         let name = name.into();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", spec.ns, "sh", "-c", spec.script])
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        // `nice` execs `ip`, which execs the shell: one process, one pid,
+        // every thread it starts at that priority.
+        let mut cmd = Command::new("nice");
+        let nice = spec.nice.clamp(-20, 19).to_string();
+        cmd.args([
+            "-n",
+            &nice,
+            "ip",
+            "netns",
+            "exec",
+            spec.ns,
+            "sh",
+            "-c",
+            spec.script,
+        ])
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
         if let Some(cwd) = spec.cwd {
             cmd.current_dir(cwd);
         }
@@ -193,7 +208,7 @@ impl Drop for Proc {
 
 /// Clock ticks per second for /proc/*/stat times. Linux has reported 100
 /// on every mainstream architecture for decades.
-const CLK_TCK: f64 = 100.0;
+pub(crate) const CLK_TCK: f64 = 100.0;
 
 /// CPU seconds of the live processes whose process group is `pgid`.
 pub fn group_cpu_secs(pgid: i32) -> f64 {
@@ -217,6 +232,83 @@ pub fn group_cpu_secs(pgid: i32) -> f64 {
         }
     }
     ticks as f64 / CLK_TCK
+}
+
+/// What the live processes of one group have used so far, from /proc:
+/// read just before a process is stopped, so it covers its whole life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct GroupStats {
+    /// User + system CPU seconds (reaped children included).
+    pub cpu_secs: f64,
+    /// Voluntary context switches of every thread (a thread that blocked:
+    /// waiting for a packet, a timer, a lock).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches of every thread (preempted: more
+    /// runnable threads than cores).
+    pub involuntary_switches: u64,
+    /// Threads alive.
+    pub threads: u64,
+    /// Peak resident memory (VmHWM), summed over the group's processes, KiB.
+    pub peak_rss_kib: u64,
+}
+
+impl Proc {
+    /// [`GroupStats`] of its group.
+    pub fn group_stats(&self) -> GroupStats {
+        group_stats(self.pid)
+    }
+}
+
+/// [`GroupStats`] of the live processes whose process group is `pgid`.
+pub fn group_stats(pgid: i32) -> GroupStats {
+    let mut g = GroupStats::default();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return g;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((group, t)) = parse_stat(&stat) else {
+            continue;
+        };
+        if group != pgid {
+            continue;
+        }
+        ticks += t;
+        if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
+            g.peak_rss_kib += status_field(&status, "VmHWM:").unwrap_or(0);
+        }
+        let Ok(tasks) = std::fs::read_dir(entry.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            g.threads += 1;
+            g.voluntary_switches += status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+            g.involuntary_switches +=
+                status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+        }
+    }
+    g.cpu_secs = ticks as f64 / CLK_TCK;
+    g
+}
+
+/// The first number after `key` on its line of a /proc status file.
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// (pgrp, utime + stime + cutime + cstime) from a /proc/PID/stat line.
@@ -276,5 +368,22 @@ mod tests {
         assert_eq!(parse_stat(line), Some((1234, 13)));
         let machine = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
         assert_eq!(parse_proc_stat(machine), Some((150, 1000)));
+    }
+
+    #[test]
+    fn status_fields_parse() {
+        let status = "Name:\tclasse\nVmHWM:\t   20480 kB\nvoluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(status_field(status, "VmHWM:"), Some(20480));
+        assert_eq!(status_field(status, "voluntary_ctxt_switches:"), Some(17));
+        assert_eq!(status_field(status, "nonvoluntary_ctxt_switches:"), Some(3));
+        assert_eq!(status_field(status, "VmRSS:"), None);
+    }
+
+    #[test]
+    fn our_own_group_has_threads_and_memory() {
+        let me = nix::unistd::getpgrp().as_raw();
+        let g = group_stats(me);
+        assert!(g.threads >= 1, "{g:?}");
+        assert!(g.peak_rss_kib > 0, "{g:?}");
     }
 }

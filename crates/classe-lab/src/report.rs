@@ -6,6 +6,7 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 use anyhow::{Context, Result};
 
 use crate::{
+    metrics,
     run::RunResult,
     units::{fmt_rate, fmt_size},
 };
@@ -138,6 +139,18 @@ pub fn markdown(results: &[RunResult]) -> String {
             if r.cpu.cpu_bound { "**yes**" } else { "no" },
         );
     }
+    s.push('\n');
+    s.push_str(&cpu_table(results));
+    let quic = quic_table(results);
+    if !quic.is_empty() {
+        s.push('\n');
+        s.push_str(&quic);
+    }
+    let summary = summary_table(results);
+    if !summary.is_empty() {
+        s.push('\n');
+        s.push_str(&summary);
+    }
     let remarks: Vec<String> = results
         .iter()
         .filter(|r| !r.ok)
@@ -171,6 +184,143 @@ pub fn markdown(results: &[RunResult]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// Bytes of lesson delivered: completed pupils × F.
+fn delivered_bytes(r: &RunResult) -> f64 {
+    r.completed as f64 * r.params.file_bytes as f64
+}
+
+/// What each run cost: CPU per delivered GB, per process, wake-ups, memory.
+pub fn cpu_table(results: &[RunResult]) -> String {
+    let mut s = String::new();
+    s.push_str("| scenario | N | network | lab CPU-s | CPU-s per delivered GB: processes / whole machine | seed CPU-s | pupil CPU-s median / max | context switches per delivered MB, voluntary / involuntary | packets per delivered MB, all hosts | bytes per packet | seed interface bytes / F | seed peak RSS MB | pupil peak RSS MB, median |\n");
+    s.push_str("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in results {
+        let procs: Vec<_> = r.pupils.iter().filter_map(|p| p.proc).collect();
+        let pupil_cpu: Vec<f64> = procs.iter().map(|p| p.cpu_secs).collect();
+        let pupil_rss: Vec<f64> = procs
+            .iter()
+            .map(|p| p.peak_rss_kib as f64 / 1024.0)
+            .collect();
+        let seed = r.cpu.seed_proc.unwrap_or_default();
+        let mb = (delivered_bytes(r) / 1e6).max(1e-9);
+        let vol: u64 =
+            procs.iter().map(|p| p.voluntary_switches).sum::<u64>() + seed.voluntary_switches;
+        let invol: u64 =
+            procs.iter().map(|p| p.involuntary_switches).sum::<u64>() + seed.involuntary_switches;
+        // Every packet crosses a host's interface once on the way out.
+        let packets = r.seed_if_packets.0 + r.pupils.iter().map(|p| p.tx_if_packets).sum::<u64>();
+        let bytes = r.seed_tx_if_bytes + r.pupils_tx_if_bytes;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} / {:.1} | {:.1} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            r.scenario,
+            r.params.n,
+            r.params.net.label(),
+            r.cpu.lab_cpu_secs,
+            r.cpu.cpu_secs_per_gb,
+            r.cpu.machine_cpu_secs_per_gb,
+            seed.cpu_secs,
+            metrics::median(&pupil_cpu),
+            pupil_cpu.iter().copied().fold(0.0, f64::max),
+            vol as f64 / mb,
+            invol as f64 / mb,
+            packets as f64 / mb,
+            bytes as f64 / (packets.max(1)) as f64,
+            r.seed_tx_if_bytes as f64 / r.params.file_bytes.max(1) as f64,
+            seed.peak_rss_kib as f64 / 1024.0,
+            metrics::median(&pupil_rss),
+        );
+    }
+    s
+}
+
+/// classe's QUIC work per delivered MB: what the CPU-seconds bought.
+pub fn quic_table(results: &[RunResult]) -> String {
+    let mut s = String::new();
+    for r in results {
+        let Some(q) = r.quic else { continue };
+        if s.is_empty() {
+            s.push_str("| scenario | N | network | processes | datagrams sent per delivered MB | ACK frames sent per MB | STREAM frames per MB | flow-control updates per MB | PINGs per MB | lost packets per MB | congestion events | max MTU |\n");
+            s.push_str("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        }
+        let mb = (delivered_bytes(r) / 1e6).max(1e-9);
+        let per = |v: u64| v as f64 / mb;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} | {} | {} |",
+            r.scenario,
+            r.params.n,
+            r.params.net.label(),
+            q.processes,
+            per(q.datagrams_sent),
+            per(q.acks_sent),
+            per(q.stream_frames_sent),
+            per(q.flow_updates_sent),
+            per(q.pings_sent),
+            per(q.packets_lost),
+            q.congestion_events,
+            q.max_mtu,
+        );
+    }
+    s
+}
+
+/// Medians over repeated runs, per class size and network, with classe's
+/// figures as ratios to BitTorrent's when both ran.
+pub fn summary_table(results: &[RunResult]) -> String {
+    use std::collections::BTreeMap;
+    type Key = (usize, String);
+    let mut groups: BTreeMap<Key, BTreeMap<String, Vec<&RunResult>>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.ok) {
+        groups
+            .entry((r.params.n, r.params.net.label()))
+            .or_default()
+            .entry(r.scenario.clone())
+            .or_default()
+            .push(r);
+    }
+    let med = |v: &[&RunResult], f: &dyn Fn(&RunResult) -> f64| {
+        metrics::median(&v.iter().map(|r| f(r)).collect::<Vec<_>>())
+    };
+    let mut s = String::new();
+    s.push_str("| N | network | scenario | runs | makespan / T_min, median | CPU-s per delivered GB (processes / machine), median | seed interface bytes / F, median | vs bittorrent: makespan, CPU per GB (processes / machine) |\n");
+    s.push_str("| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |\n");
+    let mut any = false;
+    for ((n, net), by) in &groups {
+        let ratio = |r: &RunResult| r.ratio_t_min;
+        let cpu = |r: &RunResult| r.cpu.cpu_secs_per_gb;
+        let mcpu = |r: &RunResult| r.cpu.machine_cpu_secs_per_gb;
+        let seed_if = |r: &RunResult| r.seed_tx_if_bytes as f64 / r.params.file_bytes.max(1) as f64;
+        let bt = by.get("bittorrent");
+        for (name, runs) in by {
+            any = true;
+            let vs = match bt {
+                Some(bt) if name != "bittorrent" => format!(
+                    "{:.2}, {:.2} / {:.2}",
+                    med(runs, &ratio) / med(bt, &ratio).max(1e-9),
+                    med(runs, &cpu) / med(bt, &cpu).max(1e-9),
+                    med(runs, &mcpu) / med(bt, &mcpu).max(1e-9)
+                ),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {n} | {net} | {name} | {} | {:.2} | {:.1} / {:.1} | {:.2} | {vs} |",
+                runs.len(),
+                med(runs, &ratio),
+                med(runs, &cpu),
+                med(runs, &mcpu),
+                med(runs, &seed_if),
+            );
+        }
+    }
+    if any {
+        s
+    } else {
+        String::new()
+    }
 }
 
 fn esc(t: &str) -> String {
@@ -605,6 +755,8 @@ mod tests {
                 timeout_secs: 100.0,
                 extend_ticket: true,
                 classe: None,
+                net: crate::net::NetOptions::default(),
+                seed_nice: 0,
             },
             bounds: b,
             completed: n - 1,
@@ -618,6 +770,7 @@ mod tests {
             seed_sent_source: "interface".into(),
             seed_copies: 1.0,
             seed_tx_if_bytes: 50_000_000,
+            seed_if_packets: (0, 0),
             pupils_sent_bytes: 0,
             pupils_sent_source: "interface".into(),
             received_excess: Some(0.05),
@@ -625,6 +778,7 @@ mod tests {
             pupils_copies: 0.0,
             pupils_tx_if_bytes: 0,
             cpu: CpuUse::default(),
+            quic: None,
             wall_secs: 1.0,
             pupils,
         }
@@ -634,12 +788,38 @@ mod tests {
     fn the_table_has_as_many_cells_as_columns() {
         let rs = vec![sample("central", 3), sample("classe", 3)];
         let md = markdown(&rs);
-        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
-        assert_eq!(rows.len(), 4);
+        // Tables are separated by blank lines: the runs, then their cost.
+        let tables: Vec<Vec<&str>> = md
+            .split("\n\n")
+            .map(|t| t.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>())
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(tables.len(), 2, "{md}");
         let cells = |l: &str| l.matches('|').count();
-        assert!(rows.iter().all(|r| cells(r) == cells(rows[0])), "{md}");
+        for t in &tables {
+            assert_eq!(t.len(), 4, "{md}");
+            assert!(t.iter().all(|r| cells(r) == cells(t[0])), "{md}");
+        }
         assert!(md.contains("**FAILED**") && md.contains("timed out"));
         assert!(describe_params(&rs[0]).contains("NOT emulated"));
+    }
+
+    #[test]
+    fn the_summary_compares_with_bittorrent_in_the_same_runs() {
+        let mut bt = sample("bittorrent", 3);
+        let mut cl = sample("classe", 3);
+        for (r, ratio, cpu) in [(&mut bt, 1.5, 20.0), (&mut cl, 1.2, 60.0)] {
+            r.ok = true;
+            r.ratio_t_min = ratio;
+            r.cpu.cpu_secs_per_gb = cpu;
+            r.cpu.machine_cpu_secs_per_gb = cpu * 2.0;
+        }
+        let s = summary_table(&[bt, cl]);
+        let classe_row = s.lines().find(|l| l.contains("| classe |")).unwrap();
+        // 1.2 / 1.5 and 60 / 20, 120 / 40.
+        assert!(classe_row.ends_with("| 0.80, 3.00 / 3.00 |"), "{s}");
+        // A failed run is left out of the medians.
+        assert!(summary_table(&[sample("classe", 3)]).is_empty());
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub struct RunConfig {
     pub work_root: PathBuf,
     /// Keep the run's folder (homes, outputs, logs) after a normal end.
     pub keep: bool,
+    /// Details of the emulated network (leaf queues, offloads, IPv6).
+    pub net: net::NetOptions,
+    /// Niceness of the seed's processes. Every host shares this machine's
+    /// cores; a school's seed node has its own. With hundreds of pupils
+    /// a seed at the pupils' priority gets 1/N of the CPU (its handshakes
+    /// then time out), which measures the emulation, not the seed.
+    pub seed_nice: i32,
 }
 
 impl RunConfig {
@@ -167,6 +174,12 @@ pub struct Params {
     /// The classe binary used, if the scenario uses one.
     #[serde(default)]
     pub classe: Option<crate::contender::ClasseInfo>,
+    /// Details of the emulated network.
+    #[serde(default)]
+    pub net: net::NetOptions,
+    /// Niceness of the seed's processes.
+    #[serde(default)]
+    pub seed_nice: i32,
 }
 
 /// What happened to one pupil.
@@ -208,8 +221,59 @@ pub struct PupilResult {
     pub tx_if_bytes: u64,
     /// Interface bytes received (all layers).
     pub rx_if_bytes: u64,
+    /// Interface packets sent.
+    #[serde(default)]
+    pub tx_if_packets: u64,
+    /// Interface packets received.
+    #[serde(default)]
+    pub rx_if_packets: u64,
     /// What went wrong.
     pub error: Option<String>,
+    /// Its processes' CPU, context switches and memory, read just before
+    /// it was stopped.
+    #[serde(default)]
+    pub proc: Option<proc::GroupStats>,
+}
+
+/// classe's QUIC counters (`--stats` "quic"), summed over the seed and
+/// every pupil that wrote its stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuicTotals {
+    /// Processes whose counters are in the sums.
+    pub processes: usize,
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// QUIC packets lost.
+    pub packets_lost: u64,
+    /// Congestion events.
+    pub congestion_events: u64,
+    /// ACK frames sent.
+    pub acks_sent: u64,
+    /// STREAM frames sent.
+    pub stream_frames_sent: u64,
+    /// MAX_DATA / MAX_STREAM_DATA frames sent.
+    pub flow_updates_sent: u64,
+    /// PING frames sent.
+    pub pings_sent: u64,
+    /// Largest path MTU seen.
+    pub max_mtu: u64,
+}
+
+impl QuicTotals {
+    fn add(&mut self, stats: &serde_json::Value) {
+        let Some(q) = stats.get("quic") else { return };
+        let get = |k: &str| q.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        self.processes += 1;
+        self.datagrams_sent += get("datagrams_sent");
+        self.packets_lost += get("packets_lost");
+        self.congestion_events += get("congestion_events");
+        self.acks_sent += get("acks_sent");
+        self.stream_frames_sent += get("stream_frames_sent");
+        self.flow_updates_sent += get("flow_updates_sent");
+        self.pings_sent += get("pings_sent");
+        self.max_mtu = self.max_mtu.max(get("max_mtu"));
+    }
 }
 
 /// CPU use during a run.
@@ -238,6 +302,18 @@ pub struct CpuUse {
     /// the machine was ≥ 90 % busy on average (whoever used it), or the
     /// seed used ≥ 90 % of one core.
     pub cpu_bound: bool,
+    /// `lab_cpu_secs` per GB (10⁹ bytes) of lesson delivered (completed
+    /// pupils × F): what each delivered byte cost the processes.
+    pub cpu_secs_per_gb: f64,
+    /// Busy CPU-seconds of the whole machine from t0 to the last pupil
+    /// done: the processes, and the kernel's softirq work for the
+    /// emulated network (bridge, HTB, veth), which this kernel accounts
+    /// apart from any process.
+    pub machine_cpu_secs: f64,
+    /// `machine_cpu_secs` per delivered GB.
+    pub machine_cpu_secs_per_gb: f64,
+    /// The seed's processes, read just before it was stopped.
+    pub seed_proc: Option<proc::GroupStats>,
 }
 
 /// The result of one run: one JSON line in the results file.
@@ -283,6 +359,9 @@ pub struct RunResult {
     pub seed_copies: f64,
     /// The seed's interface counter (all layers).
     pub seed_tx_if_bytes: u64,
+    /// The seed's interface packets sent and received.
+    #[serde(default)]
+    pub seed_if_packets: (u64, u64),
     /// Bytes all pupils sent: classe's accounting when every pupil wrote
     /// its `--stats`, else interface counters (see `pupils_sent_source`).
     pub pupils_sent_bytes: u64,
@@ -304,6 +383,9 @@ pub struct RunResult {
     pub pupils_tx_if_bytes: u64,
     /// CPU use.
     pub cpu: CpuUse,
+    /// classe's QUIC counters, when its processes wrote them.
+    #[serde(default)]
+    pub quic: Option<QuicTotals>,
     /// Wall time of the whole run (build to teardown).
     pub wall_secs: f64,
     /// Per pupil.
@@ -412,6 +494,7 @@ struct PupilCtx {
 struct PupilEnd {
     index: usize,
     exit: Option<String>,
+    proc: Option<proc::GroupStats>,
 }
 
 /// A ticket with finished pupils added as providers, pupils first, at most
@@ -461,7 +544,11 @@ fn provider_from_summary(v: &serde_json::Value) -> Option<ProviderInfo> {
 
 async fn pupil_task(mut ctx: PupilCtx) -> PupilEnd {
     let index = ctx.index;
-    let ended = |exit: Option<String>| PupilEnd { index, exit };
+    let ended = |exit: Option<String>| PupilEnd {
+        index,
+        exit,
+        proc: None,
+    };
     tokio::select! {
         biased;
         _ = ctx.stop.changed() => return ended(None),
@@ -491,6 +578,7 @@ async fn pupil_task(mut ctx: PupilCtx) -> PupilEnd {
         env,
         log: Some(&log),
         cwd: Some(&ctx.dir),
+        nice: 0,
     };
     let name = format!("pupil {index}");
     ctx.events
@@ -557,8 +645,12 @@ async fn pupil_task(mut ctx: PupilCtx) -> PupilEnd {
             ctx.events.send(Event::Failed { index, reason }).await.ok();
         }
     }
+    let stats = p.group_stats();
     let status = p.stop(GRACE).await;
-    ended(status.as_ref().map(exit_text))
+    PupilEnd {
+        proc: Some(stats),
+        ..ended(status.as_ref().map(exit_text))
+    }
 }
 
 /// Per-pupil bookkeeping in the run loop.
@@ -650,7 +742,7 @@ async fn run_in(
                 down_bps: d,
             }),
     );
-    let mut topo = Topology::build(tag, &shapes, delay)?;
+    let mut topo = Topology::build_with(tag, &shapes, delay, &cfg.net)?;
     let seed_ip = topo.seed().ip;
 
     let files: Vec<&str> = lesson.files().iter().map(|(n, _)| n.as_str()).collect();
@@ -699,6 +791,7 @@ async fn run_in(
                 env: seed_env.clone(),
                 log: Some(&log),
                 cwd: Some(&seed_dir),
+                nice: 0,
             },
         )?;
         let line = tokio::time::timeout(SEED_START, p.next_line()).await;
@@ -722,6 +815,7 @@ async fn run_in(
             env: seed_env.clone(),
             log: Some(&seed_log),
             cwd: Some(&seed_dir),
+            nice: cfg.seed_nice,
         },
     )?;
     let ticket = match &scenario.seed_ready {
@@ -752,6 +846,7 @@ async fn run_in(
                         env: seed_env.clone(),
                         log: Some(&ready_log),
                         cwd: Some(&seed_dir),
+                        nice: 0,
                     },
                 )?;
                 if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
@@ -929,11 +1024,11 @@ async fn run_in(
     for s in &stops {
         s.send(true).ok();
     }
-    let mut ends: BTreeMap<usize, Option<String>> = BTreeMap::new();
+    let mut ends: BTreeMap<usize, PupilEnd> = BTreeMap::new();
     let stop_all = async {
         while let Some(end) = tasks.join_next().await {
             if let Ok(end) = end {
-                ends.insert(end.index, end.exit);
+                ends.insert(end.index, end);
             }
         }
     };
@@ -941,6 +1036,7 @@ async fn run_in(
         failures.push("some pupils did not stop in time (killed)".into());
         tasks.abort_all();
     }
+    let seed_proc = seed.group_stats();
     let seed_exit = seed.stop(GRACE).await;
     if scenario.accounting == Accounting::ClasseStats
         && seed_exit.as_ref().is_some_and(|s| !s.success())
@@ -960,6 +1056,8 @@ async fn run_in(
             net::LinkCounters {
                 rx: c.rx.saturating_sub(b.rx),
                 tx: c.tx.saturating_sub(b.tx),
+                rx_packets: c.rx_packets.saturating_sub(b.rx_packets),
+                tx_packets: c.tx_packets.saturating_sub(b.tx_packets),
             }
         })
         .collect();
@@ -968,10 +1066,12 @@ async fn run_in(
     // Per pupil: times, classe's own figures, verification.
     let seed_hex = seed_node.map(|id| data_encoding::HEXLOWER.encode(&id));
     let mut pupils = Vec::with_capacity(n);
+    let mut pupil_stats = Vec::with_capacity(n);
     for (i, slot) in slots.iter().enumerate() {
         let index = i + 1;
         let dir = work.join(format!("pupil-{index}"));
         let stats = read_stats(&dir.join("stats.json"));
+        pupil_stats.push(stats.clone());
         let summary = slot.summary.as_ref();
         let received = summary.and_then(|v| v.get("received_bytes")?.as_u64());
         let from_seed = summary.and_then(|v| {
@@ -1014,7 +1114,8 @@ async fn run_in(
             completed,
             churned: slot.churned,
             verified,
-            exit: ends.get(&index).cloned().flatten(),
+            exit: ends.get(&index).and_then(|e| e.exit.clone()),
+            proc: ends.get(&index).and_then(|e| e.proc),
             reported_secs: summary.and_then(|v| v.get("seconds")?.as_f64()),
             received_bytes: received,
             from_seed_bytes: from_seed,
@@ -1025,6 +1126,8 @@ async fn run_in(
             sent_app_bytes: stats.as_ref().and_then(stats_sent),
             tx_if_bytes: counters[index].tx,
             rx_if_bytes: counters[index].rx,
+            tx_if_packets: counters[index].tx_packets,
+            rx_if_packets: counters[index].rx_packets,
             error: slot.failed.clone(),
         });
     }
@@ -1039,6 +1142,10 @@ async fn run_in(
     let makespan = done_times.iter().copied().fold(0.0, f64::max);
     let bounds = metrics::bounds(f, cfg.seed_up, &cfg.pupil_up, &cfg.pupil_down);
     let seed_stats = read_stats(&seed_dir.join("stats.json"));
+    let mut quic = QuicTotals::default();
+    for stats in seed_stats.iter().chain(pupil_stats.iter().flatten()) {
+        quic.add(stats);
+    }
     let seed_app = seed_stats.as_ref().and_then(stats_sent);
     let pupils_app: Option<u64> = pupils.iter().map(|p| p.sent_app_bytes).sum();
     let pupils_if: u64 = pupils.iter().map(|p| p.tx_if_bytes).sum();
@@ -1087,6 +1194,10 @@ async fn run_in(
         (Accounting::Interface, _) => (counters[0].tx, "interface"),
     };
     let run_secs = t_end.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+    let machine_cpu_secs = match (machine0, machine1) {
+        (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / proc::CLK_TCK,
+        _ => 0.0,
+    };
     let machine_mean_pct = match (machine0, machine1) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => 0.0,
@@ -1098,6 +1209,13 @@ async fn run_in(
         .copied()
         .fold(machine_mean_pct, f64::max);
     let seed_core_pct = 100.0 * seed_cpu_secs / run_secs;
+    let per_gb = |secs: f64| {
+        if n_done > 0.0 {
+            secs / (n_done * f as f64 / 1e9)
+        } else {
+            0.0
+        }
+    };
     let cores = Machine::detect().cores.max(1) as f64;
     // Only the run's own window counts: the lab's CPU time covers it all
     // (seed import and shutdown too), so this slightly overstates it.
@@ -1111,6 +1229,10 @@ async fn run_in(
         lab_pct,
         other_pct: (machine_mean_pct - lab_pct).max(0.0),
         cpu_bound: machine_mean_pct >= 90.0 || seed_core_pct >= 90.0,
+        cpu_secs_per_gb: per_gb(lab_cpu_secs),
+        machine_cpu_secs,
+        machine_cpu_secs_per_gb: per_gb(machine_cpu_secs),
+        seed_proc: Some(seed_proc),
     };
     let completed = pupils.iter().filter(|p| p.completed).count();
     let churned = pupils.iter().filter(|p| p.churned).count();
@@ -1141,6 +1263,8 @@ async fn run_in(
             } else {
                 None
             },
+            net: cfg.net.clone(),
+            seed_nice: cfg.seed_nice,
         },
         bounds,
         completed,
@@ -1154,6 +1278,7 @@ async fn run_in(
         seed_sent_source: source.into(),
         seed_copies: seed_sent as f64 / f as f64,
         seed_tx_if_bytes: counters[0].tx,
+        seed_if_packets: (counters[0].tx_packets, counters[0].rx_packets),
         pupils_sent_bytes: pupils_sent,
         pupils_copies: pupils_sent as f64 / f as f64,
         pupils_sent_source: pupils_source.into(),
@@ -1161,6 +1286,7 @@ async fn run_in(
         notes,
         pupils_tx_if_bytes: pupils.iter().map(|p| p.tx_if_bytes).sum(),
         cpu,
+        quic: (quic.processes > 0).then_some(quic),
         wall_secs: wall.elapsed().as_secs_f64(),
         pupils,
     })

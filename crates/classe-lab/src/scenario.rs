@@ -145,11 +145,62 @@ pub fn classe(extend_ticket: bool) -> Scenario {
     }
 }
 
+/// BitTorrent, the strongest rival for swarming: aria2c from Debian on
+/// the seed and on every pupil, opentracker (Debian's build, which only
+/// tracks whitelisted torrents) on the seed host, a torrent of 256 KiB
+/// pieces made by mktorrent. aria2c's defaults otherwise: 4 unchoked peers
+/// plus an optimistic one, up to 55 peers, peer exchange on. No DHT and no
+/// local discovery (there is nothing to find them with; the tracker is
+/// the rendezvous). Pupils keep seeding (`--seed-ratio=0.0`) until the
+/// lab stops them, like classe's. A pupil reports done from aria2c's
+/// download-complete hook, which prints the first stdout line
+/// (`--quiet` keeps aria2c's own console off it).
+///
+/// The torrent is named `out` and pupils download into the parent of
+/// `LAB_OUT`, so the files land in `LAB_OUT` itself; the seed serves the
+/// lesson through a symlink of that name.
+pub fn bittorrent() -> Scenario {
+    const ARIA: &str = "aria2c --quiet=true --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --seed-ratio=0.0";
+    Scenario {
+        name: "bittorrent".into(),
+        setup: Some(
+            r#"set -e
+mktorrent -l 18 -n out -a "http://$LAB_SEED_IP:6969/announce" -o "$LAB_HOME/lesson.torrent" "$LAB_SRC" >/dev/null
+aria2c -S "$LAB_HOME/lesson.torrent" | sed -n 's/^Info Hash: //p' > "$LAB_HOME/whitelist"
+test -s "$LAB_HOME/whitelist"
+echo "$LAB_HOME/lesson.torrent""#
+                .into(),
+        ),
+        seed: format!(
+            r#"mkdir -p "$LAB_HOME/data" && ln -sfn "$LAB_SRC" "$LAB_HOME/data/out"
+# opentracker will not run as root: it chroots into the home and drops to nobody.
+opentracker -i "$LAB_SEED_IP" -p 6969 -P 6969 -A "$LAB_SEED_IP" -w /whitelist -d "$LAB_HOME" >"$LAB_HOME/tracker.log" 2>&1 &
+exec {ARIA} --check-integrity=true --dir="$LAB_HOME/data" "$LAB_SETUP""#
+        ),
+        // Ready once the tracker counts one seeder (aria2c has checked the
+        // files and announced).
+        seed_ready: SeedReady::Command(
+            r#"test "$(curl -sf --max-time 2 "http://$LAB_SEED_IP:6969/stats?mode=peer" | sed -n 2p)" -ge 1"#
+                .into(),
+        ),
+        pupil: format!(
+            r#"printf '#!/bin/sh
+echo done
+' > "$LAB_HOME/done.sh" && chmod +x "$LAB_HOME/done.sh"
+exec {ARIA} --dir="$(dirname "$LAB_OUT")" --on-bt-download-complete="$LAB_HOME/done.sh" "$LAB_SETUP""#
+        ),
+        pupil_done: PupilDone::FirstLine,
+        accounting: Accounting::Interface,
+        extend_ticket: false,
+    }
+}
+
 /// The built-in scenarios by name.
 pub fn builtin(name: &str, extend_ticket: bool) -> Option<Scenario> {
     match name {
         "central" => Some(central()),
         "classe" => Some(classe(extend_ticket)),
+        "bittorrent" => Some(bittorrent()),
         _ => None,
     }
 }
@@ -164,12 +215,24 @@ pub fn required_programs(s: &Scenario) -> Vec<&'static str> {
         s.seed_ready,
         s.pupil
     );
-    for prog in ["nginx", "curl"] {
-        if text.contains(&format!("exec {prog} ")) || text.contains(&format!("{prog} -")) {
+    for prog in ["nginx", "curl", "aria2c", "opentracker", "mktorrent"] {
+        if text.contains(&format!("exec {prog} "))
+            || text.contains(&format!("{prog} -"))
+            || text.contains(&format!("{prog} --"))
+        {
             v.push(prog);
         }
     }
     v
+}
+
+/// The Debian package that provides `prog`.
+pub fn package_of(prog: &str) -> &str {
+    match prog {
+        "nginx" => "nginx-light",
+        "aria2c" => "aria2",
+        other => other,
+    }
 }
 
 /// Whether `prog` is on the PATH.
@@ -188,7 +251,7 @@ mod tests {
 
     #[test]
     fn builtins_round_trip_through_json() {
-        for s in [central(), classe(true)] {
+        for s in [central(), classe(true), bittorrent()] {
             let json = serde_json::to_string(&s).unwrap();
             let back: Scenario = serde_json::from_str(&json).unwrap();
             assert_eq!(back, s);
@@ -211,5 +274,9 @@ mod tests {
     fn central_needs_nginx_and_curl() {
         assert_eq!(required_programs(&central()), vec!["nginx", "curl"]);
         assert!(required_programs(&classe(true)).is_empty());
+        assert_eq!(
+            required_programs(&bittorrent()),
+            vec!["curl", "aria2c", "opentracker", "mktorrent"]
+        );
     }
 }

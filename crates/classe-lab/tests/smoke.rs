@@ -49,6 +49,16 @@ fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
             "SKIPPED classe-lab smoke, central scenario: nginx or curl is not installed (apt-get install nginx-light curl)"
         );
     }
+    let bt = ["aria2c", "opentracker", "mktorrent", "curl"];
+    if bt.iter().all(|p| scenario::have_program(p)) {
+        scenarios.push(scenario::bittorrent());
+    } else if in_ci() {
+        panic!("the bittorrent scenario needs aria2c, opentracker, mktorrent and curl: .ci/run installs them");
+    } else {
+        println!(
+            "SKIPPED classe-lab smoke, bittorrent scenario: apt-get install aria2 opentracker mktorrent curl"
+        );
+    }
     let bin = classe_bin();
     match &bin {
         Some(_) => scenarios.push(scenario::classe(true)),
@@ -94,6 +104,31 @@ fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
             r.seed_copies
         );
         assert!(r.makespan_secs > 0.0 && r.makespan_secs >= r.bounds.seed_term * 0.9);
+        // Every process was measured before it was stopped.
+        assert!(r.cpu.cpu_secs_per_gb > 0.0, "{}: no CPU per GB", r.scenario);
+        let seed = r.cpu.seed_proc.expect("seed process stats");
+        assert!(
+            seed.threads >= 1 && seed.peak_rss_kib > 0,
+            "{}: {seed:?}",
+            r.scenario
+        );
+        for p in &r.pupils {
+            let stats = p.proc.expect("pupil process stats");
+            assert!(
+                stats.peak_rss_kib > 0,
+                "{} pupil {}: {stats:?}",
+                r.scenario,
+                p.index
+            );
+        }
+        if r.scenario == "classe" {
+            let q = r.quic.expect("classe wrote its QUIC counters");
+            assert_eq!(q.processes, 4, "{q:?}");
+            assert!(
+                q.datagrams_sent > 0 && q.acks_sent > 0 && q.max_mtu >= 1200,
+                "{q:?}"
+            );
+        }
         println!(
             "{}: makespan {:.1} s, T_min {:.1} s, seed copies {:.2}",
             r.scenario, r.makespan_secs, r.bounds.t_min, r.seed_copies
@@ -113,4 +148,62 @@ fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
         took < Duration::from_secs(60),
         "the smoke run took {took:?}"
     );
+}
+
+/// The strict network (issue 11's independent lab) is what it says: a
+/// pfifo leaf of 100 ms under each HTB class, HTB r2q and quantum set,
+/// offloads and IPv6 off, on real namespaces.
+#[test]
+fn the_strict_network_options_are_applied() {
+    let probe = net::probe();
+    if !probe.usable() || !scenario::have_program("ethtool") {
+        println!("SKIPPED strict network: needs root, ip netns and ethtool");
+        return;
+    }
+    let tag = format!("{}{}xstrict", net::NS_PREFIX, std::process::id());
+    let shapes = [
+        net::Shape {
+            up_bps: Some(20_000_000),
+            down_bps: Some(100_000_000),
+        },
+        net::Shape {
+            up_bps: Some(10_000_000),
+            down_bps: None,
+        },
+    ];
+    let topo = net::Topology::build_with(&tag, &shapes, None, &net::NetOptions::strict()).unwrap();
+    let pupil = &topo.hosts()[1];
+    let tc = net::run_tool(
+        "tc",
+        &["-n", &pupil.ns, "-d", "qdisc", "show", "dev", "eth0"],
+    )
+    .unwrap();
+    // 10 Mbit/s for 100 ms = 83 packets of 1514 bytes.
+    assert!(tc.contains("pfifo") && tc.contains("limit 83p"), "{tc}");
+    assert!(tc.contains("r2q 1000"), "{tc}");
+    let class = net::run_tool("tc", &["-n", &pupil.ns, "class", "show", "dev", "eth0"]).unwrap();
+    assert!(class.contains("quantum 1514"), "{class}");
+    let k = net::run_tool("ip", &["netns", "exec", &pupil.ns, "ethtool", "-k", "eth0"]).unwrap();
+    for feature in [
+        "tcp-segmentation-offload: off",
+        "generic-segmentation-offload: off",
+        "generic-receive-offload: off",
+    ] {
+        assert!(k.contains(feature), "{feature} not in {k}");
+    }
+    let v6 = net::run_tool(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pupil.ns,
+            "sysctl",
+            "-n",
+            "net.ipv6.conf.all.disable_ipv6",
+        ],
+    )
+    .unwrap();
+    assert_eq!(v6.trim(), "1");
+    drop(topo);
+    assert!(!net::list_namespaces().iter().any(|n| n.starts_with(&tag)));
 }
