@@ -114,6 +114,7 @@ pub fn stats_json(node: &classe_node::Node, started: std::time::Instant) -> serd
         "node": data_encoding::HEXLOWER.encode(&node.id()),
         "uptime_secs": started.elapsed().as_secs_f64(),
         "traffic": node.traffic(),
+        "quic": node.quic_counters(),
     })
 }
 

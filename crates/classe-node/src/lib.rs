@@ -53,7 +53,7 @@ use iroh_blobs::{BlobsProtocol, Hash};
 use tokio_util::sync::CancellationToken;
 
 pub use fetch::{FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
-pub use paths::PathBytes;
+pub use paths::{PathBytes, QuicCounters};
 pub use relay::{RelayCarried, RelayError, RelayServer, RelayServerConfig};
 pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
 
@@ -350,6 +350,11 @@ impl Node {
         self.paths.snapshot()
     }
 
+    /// What QUIC did for this node's connections (datagrams, ACKs, ...).
+    pub fn quic_counters(&self) -> QuicCounters {
+        self.paths.quic()
+    }
+
     /// Whether our connections to `peer` run through the relay now (None:
     /// not connected).
     pub fn relayed(&self, peer: &[u8; 32]) -> Option<bool> {
@@ -503,11 +508,73 @@ fn transport_config() -> iroh::endpoint::QuicTransportConfig {
     let builder = iroh::endpoint::QuicTransportConfig::builder()
         .keep_alive_interval(QUIC_PING)
         .default_path_keep_alive_interval(QUIC_PING);
+    let builder = QuicExperiment::from_env().apply(builder);
     match iroh::endpoint::IdleTimeout::try_from(QUIC_IDLE) {
         Ok(idle) => builder.max_idle_timeout(Some(idle)),
         Err(_) => builder,
     }
     .build()
+}
+
+/// Transport settings the lab can try without a rebuild (issue 11: weigh
+/// each lever in the same run as the default). Read from the environment
+/// once per endpoint; unset, nothing changes. Not a user setting: each was
+/// measured and found not to pay (docs/benchmarks.md, "CPU per byte"),
+/// and ACK frequency crashed a pupil once in about ten class runs inside
+/// the QUIC stack (`bytes` "advance out of bounds").
+///
+/// - `CLASSE_EXP_ACK_THRESHOLD=N` asks peers to acknowledge every N+1
+///   packets (QUIC ACK frequency); `CLASSE_EXP_ACK_DELAY_MS`,
+///   `CLASSE_EXP_ACK_REORDER` set its other two knobs.
+/// - `CLASSE_EXP_CC=bbr|newreno`: the congestion controller (default
+///   Cubic).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct QuicExperiment {
+    ack_threshold: Option<u32>,
+    ack_delay_ms: Option<u64>,
+    ack_reorder: Option<u32>,
+    congestion: Option<String>,
+}
+
+impl QuicExperiment {
+    fn from_env() -> Self {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        Self {
+            ack_threshold: num("CLASSE_EXP_ACK_THRESHOLD")
+                .map(|v| v.min(u64::from(u32::MAX)) as u32),
+            ack_delay_ms: num("CLASSE_EXP_ACK_DELAY_MS"),
+            ack_reorder: num("CLASSE_EXP_ACK_REORDER").map(|v| v.min(u64::from(u32::MAX)) as u32),
+            congestion: std::env::var("CLASSE_EXP_CC").ok(),
+        }
+    }
+
+    fn apply(
+        &self,
+        mut builder: iroh::endpoint::QuicTransportConfigBuilder,
+    ) -> iroh::endpoint::QuicTransportConfigBuilder {
+        use iroh::endpoint::VarInt;
+        if let Some(t) = self.ack_threshold {
+            let mut ack = iroh::endpoint::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(VarInt::from_u32(t));
+            if let Some(ms) = self.ack_delay_ms {
+                ack.max_ack_delay(Some(Duration::from_millis(ms)));
+            }
+            if let Some(r) = self.ack_reorder {
+                ack.reordering_threshold(VarInt::from_u32(r));
+            }
+            tracing::warn!(?self, "experimental QUIC settings from the environment");
+            builder = builder.ack_frequency_config(Some(ack));
+        }
+        match self.congestion.as_deref() {
+            Some("bbr") => builder.congestion_controller_factory(Arc::new(
+                noq_proto::congestion::Bbr3Config::default(),
+            )),
+            Some("newreno") => builder.congestion_controller_factory(Arc::new(
+                noq_proto::congestion::NewRenoConfig::default(),
+            )),
+            _ => builder,
+        }
+    }
 }
 
 /// Our id, direct addresses and relay as the endpoint knows them now.

@@ -57,10 +57,76 @@ impl PathBytes {
     }
 }
 
+/// What the QUIC layer did for all connections of a node, summed over
+/// every path (finished connections exactly, live ones as of their last
+/// sample): the per-packet work behind the payload counters. For the
+/// lab's CPU accounting (issue 11), where cost follows datagrams and
+/// frames, not bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct QuicCounters {
+    /// UDP datagrams sent (a GSO batch counts each segment).
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// QUIC packets sent.
+    pub packets_sent: u64,
+    /// QUIC packets declared lost.
+    pub packets_lost: u64,
+    /// Congestion events (loss or ECN reactions).
+    pub congestion_events: u64,
+    /// ACK frames sent / received (ACK and PATH_ACK).
+    pub acks_sent: u64,
+    /// ACK frames received.
+    pub acks_received: u64,
+    /// STREAM frames sent / received.
+    pub stream_frames_sent: u64,
+    /// STREAM frames received.
+    pub stream_frames_received: u64,
+    /// Flow-control updates sent (MAX_DATA, MAX_STREAM_DATA).
+    pub flow_updates_sent: u64,
+    /// PING frames sent (keep-alives).
+    pub pings_sent: u64,
+    /// Largest MTU any path reached.
+    pub max_mtu: u16,
+}
+
+impl QuicCounters {
+    fn add_path(&mut self, p: &iroh::endpoint::PathStats) {
+        self.datagrams_sent += p.udp_tx.datagrams;
+        self.datagrams_received += p.udp_rx.datagrams;
+        self.packets_sent += p.sent_packets;
+        self.packets_lost += p.lost_packets;
+        self.congestion_events += p.congestion_events;
+        self.acks_sent += p.frame_tx.acks + p.frame_tx.path_acks;
+        self.acks_received += p.frame_rx.acks + p.frame_rx.path_acks;
+        self.stream_frames_sent += p.frame_tx.stream;
+        self.stream_frames_received += p.frame_rx.stream;
+        self.flow_updates_sent += p.frame_tx.max_data + p.frame_tx.max_stream_data;
+        self.pings_sent += p.frame_tx.ping;
+        self.max_mtu = self.max_mtu.max(p.current_mtu);
+    }
+
+    fn add(&mut self, o: &QuicCounters) {
+        self.datagrams_sent += o.datagrams_sent;
+        self.datagrams_received += o.datagrams_received;
+        self.packets_sent += o.packets_sent;
+        self.packets_lost += o.packets_lost;
+        self.congestion_events += o.congestion_events;
+        self.acks_sent += o.acks_sent;
+        self.acks_received += o.acks_received;
+        self.stream_frames_sent += o.stream_frames_sent;
+        self.stream_frames_received += o.stream_frames_received;
+        self.flow_updates_sent += o.flow_updates_sent;
+        self.pings_sent += o.pings_sent;
+        self.max_mtu = self.max_mtu.max(o.max_mtu);
+    }
+}
+
 #[derive(Debug)]
 struct Live {
     peer: [u8; 32],
     bytes: PathBytes,
+    quic: QuicCounters,
     /// Whether the path carrying application data now is the relay.
     relayed: bool,
 }
@@ -69,6 +135,7 @@ struct Live {
 struct Inner {
     live: HashMap<usize, Live>,
     done: HashMap<[u8; 32], PathBytes>,
+    done_quic: QuicCounters,
 }
 
 /// The per-peer path counters of one node; also the endpoint hook that
@@ -104,6 +171,17 @@ impl Paths {
         })
     }
 
+    /// QUIC counters of every connection, finished and live.
+    pub fn quic(&self) -> QuicCounters {
+        self.with(|inner| {
+            let mut q = inner.done_quic;
+            for live in inner.live.values() {
+                q.add(&live.quic);
+            }
+            q
+        })
+    }
+
     /// True if every open connection to `peer` sends its data through the
     /// relay now; None if there is no open connection to it.
     pub fn relayed(&self, peer: &[u8; 32]) -> Option<bool> {
@@ -131,6 +209,7 @@ impl Paths {
                 Live {
                     peer,
                     bytes: PathBytes::default(),
+                    quic: QuicCounters::default(),
                     relayed: false,
                 },
             );
@@ -142,7 +221,7 @@ impl Paths {
         }
         let mut per_path = PerPath::default();
         let relayed = sample(conn, &mut per_path);
-        self.set_live(id, per_path.total(), relayed);
+        self.set_live(id, &per_path, relayed);
         let events = conn.path_events();
         let weak = conn.weak_handle();
         let paths = self.clone();
@@ -154,10 +233,12 @@ impl Paths {
         ));
     }
 
-    fn set_live(&self, id: usize, bytes: PathBytes, relayed: bool) {
+    fn set_live(&self, id: usize, per_path: &PerPath, relayed: bool) {
+        let (bytes, quic) = (per_path.total(), per_path.quic());
         self.with(|inner| {
             if let Some(l) = inner.live.get_mut(&id) {
                 l.bytes = bytes;
+                l.quic = quic;
                 l.relayed = relayed;
             }
         });
@@ -202,21 +283,26 @@ impl Paths {
                     let Some(conn) = weak.upgrade() else { break };
                     let relayed = sample(&conn, &mut per_path);
                     drop(conn);
-                    self.set_live(id, per_path.total(), relayed);
+                    self.set_live(id, &per_path, relayed);
                 }
             }
         }
+        let quic = per_path.quic();
         self.with(|inner| {
             inner.live.remove(&id);
             inner.done.entry(peer).or_default().add(&per_path.total());
+            inner.done_quic.add(&quic);
         });
     }
 }
 
-/// Per path of one connection: its kind (relay or not) and its latest
-/// byte counts (live, or final once it closed).
+/// Per path of one connection: its kind (relay or not), its latest byte
+/// counts (live, or final once it closed) and its latest QUIC counters.
 #[derive(Debug, Default)]
-struct PerPath(HashMap<PathId, (bool, u64, u64)>);
+struct PerPath(
+    HashMap<PathId, (bool, u64, u64)>,
+    HashMap<PathId, QuicCounters>,
+);
 
 impl PerPath {
     fn kind(&mut self, path: PathId, relay: bool) {
@@ -231,6 +317,20 @@ impl PerPath {
         }
         e.1 = e.1.max(stats.udp_rx.bytes);
         e.2 = e.2.max(stats.udp_tx.bytes);
+        let mut q = QuicCounters::default();
+        q.add_path(stats);
+        let old = self.1.entry(path).or_default();
+        if q.datagrams_sent + q.datagrams_received >= old.datagrams_sent + old.datagrams_received {
+            *old = q;
+        }
+    }
+
+    fn quic(&self) -> QuicCounters {
+        let mut q = QuicCounters::default();
+        for c in self.1.values() {
+            q.add(c);
+        }
+        q
     }
 
     fn total(&self) -> PathBytes {
