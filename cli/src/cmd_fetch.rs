@@ -182,6 +182,11 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
                         *l = Some((providers, seconds));
                     }
                 }
+                FetchEvent::Retrying { attempt, seconds } => ui_bar.suspend(|| {
+                    eprintln!(
+                        "warning: no provider answered (round {attempt}); trying again in {seconds:.0} s"
+                    )
+                }),
                 FetchEvent::ConnectFailed { peer, reason } => ui_bar.suspend(|| {
                     eprintln!(
                         "warning: cannot reach {}: {reason}",

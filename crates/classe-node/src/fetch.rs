@@ -40,6 +40,17 @@ const LOOKUP_RETRY: Duration = Duration::from_millis(500);
 /// still add some.
 const OTHER_SIDE_GRACE: Duration = Duration::from_millis(500);
 
+/// Rounds of connecting and asking for the manifest before a fetch gives
+/// up on finding anyone (see [`Node::first_contact`]).
+const FIRST_CONTACT_ATTEMPTS: u32 = 3;
+
+/// The pause before first-contact round `attempt + 1`: 2 s, then 4 s,
+/// plus up to a second that depends on our node id.
+fn first_contact_pause(attempt: u32, id: &[u8; 32]) -> Duration {
+    let jitter = u64::from(u16::from_le_bytes([id[0], id[1]])) * 1000 / u64::from(u16::MAX);
+    Duration::from_secs(2u64 << (attempt - 1).min(3)) + Duration::from_millis(jitter)
+}
+
 const NOBODY: &str = "no node holding this bundle answered: neither the ticket's providers nor any found through the seed node, the DHT or the LAN; is the teacher's classe (or a classmate's) still running and reachable?";
 
 /// What to fetch and from whom.
@@ -66,6 +77,14 @@ pub enum TrustDecision {
 /// updates rather than slowing the download.
 #[derive(Debug, Clone)]
 pub enum FetchEvent {
+    /// Nobody answered (or everyone refused) the first contact; the fetch
+    /// tries again after a pause.
+    Retrying {
+        /// The round that failed (1-based).
+        attempt: u32,
+        /// Seconds until the next round.
+        seconds: f64,
+    },
     /// A provider could not be reached.
     ConnectFailed {
         /// Its node id (hex).
@@ -215,32 +234,15 @@ impl Node {
         let mut first_byte_secs: BTreeMap<String, f64> = BTreeMap::new();
         let mut received = 0u64;
 
-        // Ticket providers and the DHT at once; the ticket's nodes also seed
-        // the routing table.
-        let mut providers = match self.control() {
-            None => self.connect_all(&request.providers, &events).await,
-            Some(control) => {
-                control.add_peers(request.providers.clone()).await;
-                self.connect_ticket_and_dht(control, &request, &events)
-                    .await
-            }
-        };
-
-        // 1. The manifest: from the store if an earlier run got it.
-        let manifest = match store.manifest(root).await {
-            Ok(m) => m,
-            Err(_) => {
-                if providers.is_empty() {
-                    return Err(FetchError::NoProvider(NOBODY.into()));
-                }
-                let (peer, bytes) = self.fetch_manifest(root, &mut providers).await?;
-                *per_provider.entry(peer.clone()).or_default() += bytes;
-                first_byte_secs.insert(peer.clone(), started.elapsed().as_secs_f64());
-                self.traffic_handle().add_received(&peer, root, bytes);
-                received += bytes;
-                store.manifest(root).await?
-            }
-        };
+        // Ticket providers and the DHT at once, then the manifest (from the
+        // store if an earlier run got it); tried again while nobody answers.
+        let (mut providers, manifest, first) = self.first_contact(&request, &events).await?;
+        if let Some((peer, bytes)) = first {
+            *per_provider.entry(peer.clone()).or_default() += bytes;
+            first_byte_secs.insert(peer.clone(), started.elapsed().as_secs_f64());
+            self.traffic_handle().add_received(&peer, root, bytes);
+            received += bytes;
+        }
 
         // 2. Who signed it, and do we accept them.
         let author = manifest.manifest().author;
@@ -442,6 +444,59 @@ impl Node {
         all
     }
 
+    /// Connects to the ticket's providers and the DHT's, and gets the
+    /// manifest (from the store when an earlier run got it). When nobody
+    /// answers, or everyone refuses (a teacher's node busy with a class
+    /// arriving at once: handshakes that time out, the connection limit),
+    /// it tries again after a pause, [`FIRST_CONTACT_ATTEMPTS`] times in
+    /// all: a flash crowd must not turn into a crowd of failed fetches.
+    /// The pauses differ from pupil to pupil, so that the retries do not
+    /// arrive together either.
+    async fn first_contact(
+        &self,
+        request: &FetchRequest,
+        events: &mpsc::Sender<FetchEvent>,
+    ) -> Result<(Vec<Provider>, SignedManifest, Option<(String, u64)>), FetchError> {
+        let root = request.root;
+        let mut attempt = 1;
+        loop {
+            let mut providers = match self.control() {
+                None => self.connect_all(&request.providers, events).await,
+                Some(control) => {
+                    control.add_peers(request.providers.clone()).await;
+                    self.connect_ticket_and_dht(control, request, events).await
+                }
+            };
+            if let Ok(m) = self.store().manifest(root).await {
+                return Ok((providers, m, None));
+            }
+            let got = if providers.is_empty() {
+                Err(FetchError::NoProvider(NOBODY.into()))
+            } else {
+                self.fetch_manifest(root, &mut providers).await
+            };
+            match got {
+                Ok(first) => {
+                    let m = self.store().manifest(root).await?;
+                    return Ok((providers, m, Some(first)));
+                }
+                Err(FetchError::NoProvider(why)) if attempt < FIRST_CONTACT_ATTEMPTS => {
+                    let pause = first_contact_pause(attempt, &self.id());
+                    tracing::info!(attempt, ?pause, %why, "nobody answered; trying again");
+                    events
+                        .try_send(FetchEvent::Retrying {
+                            attempt,
+                            seconds: pause.as_secs_f64(),
+                        })
+                        .ok();
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Dials every provider at once, each with the connect timeout.
     async fn connect_all(
         &self,
@@ -550,4 +605,19 @@ impl Node {
 pub(crate) fn available_space(path: &std::path::Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_contact_pauses_grow_and_differ_between_pupils() {
+        let a = first_contact_pause(1, &[0; 32]);
+        let b = first_contact_pause(1, &[255; 32]);
+        assert_eq!(a, Duration::from_secs(2));
+        assert_eq!(b, Duration::from_secs(3));
+        assert_eq!(first_contact_pause(2, &[0; 32]), Duration::from_secs(4));
+        assert!(first_contact_pause(9, &[0; 32]) <= Duration::from_secs(17));
+    }
 }
