@@ -1,28 +1,37 @@
 //! The file phase of a fetch: piece by piece, from every peer at once.
 //!
 //! ```text
-//!                 +--------------------- driver (one task) ----------------------+
-//!  sessions  ---> | events ─> classe_swarm::Scheduler ─> actions                  |
-//!  (swarm ALPN)   |   Welcome/Update (have, peers)        Request ─> request task |--> iroh-blobs
-//!  requests  ---> |   Progress, PieceDone                 Cancel  ─> abort        |    range get
-//!  connects  ---> |   Connected                           DropPeer ─> close       |
-//!                 +---------------------------------------------------------------+
+//!                 +------------------------ Download (one task) ------------------------+
+//! sessions   -->  | Welcome, Update      -> Scheduler     -> Request  -> request task   |--> iroh-blobs
+//! (swarm ALPN)    | PieceDone, Failed       which piece     Cancel   -> abort           |    range get
+//! requests   -->  |                         from whom       DropPeer -> close           |
+//!                 |                                                                     |
+//! dials      -->  | Connected, Progress  -> PeerBook      -> Dial     -> dial task      |--> connect
+//! lookups    -->  | Discovered,             which peers,    LookUp   -> lookup task     |--> DHT
+//!                 | SessionEnded            when to stop    Stalled  -> warn, ask again |
+//!                 |                                         GiveUp   -> end the fetch   |
+//!                 +---------------------------------------------------------------------+
 //! ```
 //!
-//! The scheduler decides; this driver only does what it says over real
-//! connections and reports back. Every piece is a range request of one
-//! blob, verified by iroh-blobs while it streams; pieces we hold are
-//! announced at once to everyone subscribed to us, so classmates can fetch
-//! them from us before we have the whole lesson.
+//! The scheduler and the peer book decide, both sans-IO and tested by the
+//! class simulation in `classe-swarm`; [`Download`] only does what they
+//! say over real connections and reports back, one `on_*` method per
+//! event. Every piece is a range request of one blob, verified by
+//! iroh-blobs while it streams; pieces we hold are announced at once to
+//! everyone subscribed to us, so classmates can fetch them from us before
+//! we have the whole lesson.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use classe_bundle::ProviderInfo;
-use classe_swarm::{Action, BitSet, Config, Event, FailReason, PieceId, Scheduler};
+use classe_swarm::{
+    Action, BitSet, BookAction, BookConfig, Config, Event, FailReason, GiveUp, Lookup, PeerBook,
+    PieceId, Scheduler, Verdict,
+};
 use iroh::{endpoint::Connection, EndpointAddr, PublicKey, TransportAddr};
 use iroh_blobs::{
     api::remote::GetProgressItem,
@@ -31,7 +40,10 @@ use iroh_blobs::{
     Hash,
 };
 use n0_future::StreamExt;
-use tokio::{sync::mpsc, task::AbortHandle};
+use tokio::{
+    sync::mpsc,
+    task::{AbortHandle, JoinSet},
+};
 
 use crate::{
     fetch::FetchEvent,
@@ -40,8 +52,6 @@ use crate::{
     FetchError, Node,
 };
 
-/// Most peers connected at once for one download.
-const MAX_PEERS: usize = 32;
 /// Bytes of progress a request accumulates before reporting them.
 const PROGRESS_BATCH: u64 = 128 * 1024;
 /// Events queued for the driver.
@@ -74,27 +84,12 @@ enum DriverEvent {
     SessionEnded(NodeKey),
     Progress(NodeKey, u64),
     PieceDone(NodeKey, PieceId, Result<(), Outcome>),
-    /// Providers the DHT knows of now.
-    Discovered(Vec<ProviderInfo>),
+    /// Providers the DHT knows of now, in answer to this lookup.
+    Discovered(Lookup, Vec<ProviderInfo>),
 }
 
-/// Pause before the download's first DHT lookup (the fetch has just done
-/// one, or the ticket's providers answered); it doubles up to
-/// [`LOOKUP_MAX_EVERY`].
-const LOOKUP_FIRST_EVERY: Duration = Duration::from_secs(2);
-const LOOKUP_MAX_EVERY: Duration = Duration::from_secs(30);
-/// How long one lookup may take.
+/// How long one DHT lookup may take.
 const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
-/// DHT lookups run only while fewer peers than this are connected.
-const LOOKUP_BELOW_PEERS: usize = 4;
-/// With discovery running, how long a download with no peer at all waits
-/// for one to turn up before giving up.
-const ALONE_PATIENCE: Duration = Duration::from_secs(15);
-/// A download that receives nothing for this long says so, and asks
-/// every provider it knows of again (the ticket's, the ones peer exchange
-/// and the DHT named, a fresh DHT lookup). It gives up after
-/// [`crate::NodeConfig::stall_timeout`] without a byte.
-pub(crate) const STALL_WARN: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Outcome {
@@ -158,6 +153,7 @@ fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>) -> Vec<Run> 
 }
 
 /// What the file phase did.
+#[derive(Default)]
 pub(crate) struct Report {
     pub per_provider: BTreeMap<String, u64>,
     /// When the first byte from each provider arrived.
@@ -215,433 +211,511 @@ impl Node {
         events: mpsc::Sender<FetchEvent>,
         done_before: u64,
     ) -> Result<Report, FetchError> {
-        let store = self.store().clone();
-        let started = Instant::now();
-        let have = local_pieces(&store, &layout).await;
-        self.swarm_registry()
-            .start(root, layout.clone(), have.clone());
-        let seed = u64::from_le_bytes(self.id()[..8].try_into().unwrap_or([0; 8]))
-            ^ started.elapsed().as_nanos() as u64;
-        let mut sched: Scheduler<NodeKey> =
-            Scheduler::new(layout.layout.clone(), have, Config::default(), seed);
-        let (tx, mut rx) = mpsc::channel::<DriverEvent>(EVENT_QUEUE);
-        let mut peers: HashMap<NodeKey, Peer> = HashMap::new();
-        let mut connecting: HashSet<NodeKey> = HashSet::new();
-        let mut tried: HashSet<NodeKey> = HashSet::new();
-        let mut backlog: Vec<ProviderInfo> = Vec::new();
-        let mut requests: HashMap<(NodeKey, PieceId), Req> = HashMap::new();
-        let mut report = Report {
-            per_provider: BTreeMap::new(),
-            first_byte: BTreeMap::new(),
-            received: 0,
-        };
-        let mut done_bytes = done_before;
-        let pacer = self.config().max_download.map(|r| Arc::new(Pacer::new(r)));
-        let idle = self.config().idle_timeout;
-        tried.insert(self.id());
-        let mut known: Vec<ProviderInfo> = Vec::new();
-
+        let (tx, rx) = mpsc::channel::<DriverEvent>(EVENT_QUEUE);
+        let mut download = Download::start(self, root, layout, events, done_before, tx).await;
         for p in providers {
-            tried.insert(p.info.node_id);
-            known.push(p.info.clone());
-            self.add_peer(&mut peers, &mut sched, started, root, p.info, p.conn, &tx);
+            download.add_provider(p);
         }
-        for info in self.swarm_registry().peers(root) {
-            backlog.push(info);
+        let remembered = self.swarm_registry().peers(root);
+        download.book.remembered(keyed(remembered));
+        let result = download.run(rx).await;
+        result.map(|()| std::mem::take(&mut download.report))
+    }
+}
+
+/// Provider infos keyed by node id, as the [`PeerBook`] takes them.
+fn keyed(infos: Vec<ProviderInfo>) -> impl Iterator<Item = (NodeKey, ProviderInfo)> {
+    infos.into_iter().map(|info| (info.node_id, info))
+}
+
+/// A learned provider is worth keeping: the wire allows no more addresses.
+fn sane(info: &ProviderInfo) -> bool {
+    info.addrs.len() <= classe_bundle::ticket::MAX_ADDRS
+}
+
+/// One download's driver: the scheduler and the peer book decide, this
+/// carries their actions out over real connections and feeds back what
+/// happened. Dropping it aborts every task it started, so that a classmate
+/// who left cannot hold the exit up with a handshake that waits for its
+/// timeout.
+struct Download<'a> {
+    node: &'a Node,
+    root: Hash,
+    layout: Arc<BundleLayout>,
+    /// Time zero of the scheduler's and the book's clocks.
+    started: Instant,
+    sched: Scheduler<NodeKey>,
+    book: PeerBook<NodeKey, ProviderInfo>,
+    peers: HashMap<NodeKey, Peer>,
+    requests: HashMap<(NodeKey, PieceId), Req>,
+    report: Report,
+    done_bytes: u64,
+    /// Peers that sent bytes failing their hashes, named if we give up.
+    corrupt: Vec<NodeKey>,
+    /// We announced ourselves as a provider (once we hold a piece).
+    providing: bool,
+    pacer: Option<Arc<Pacer>>,
+    events: mpsc::Sender<FetchEvent>,
+    tx: mpsc::Sender<DriverEvent>,
+    dials: JoinSet<()>,
+    lookups: JoinSet<()>,
+    last_path_check: Instant,
+}
+
+impl<'a> Download<'a> {
+    async fn start(
+        node: &'a Node,
+        root: Hash,
+        layout: Arc<BundleLayout>,
+        events: mpsc::Sender<FetchEvent>,
+        done_before: u64,
+        tx: mpsc::Sender<DriverEvent>,
+    ) -> Download<'a> {
+        let started = Instant::now();
+        let have = local_pieces(node.store(), &layout).await;
+        node.swarm_registry()
+            .start(root, layout.clone(), have.clone());
+        let seed = u64::from_le_bytes(node.id()[..8].try_into().unwrap_or([0; 8]))
+            ^ started.elapsed().as_nanos() as u64;
+        let sched = Scheduler::new(layout.layout.clone(), have, Config::default(), seed);
+        let book_config = BookConfig {
+            stall_give_up: node.config().stall_timeout,
+            ..BookConfig::default()
+        };
+        Download {
+            node,
+            root,
+            layout,
+            started,
+            sched,
+            book: PeerBook::new(node.id(), book_config, node.control().is_some()),
+            peers: HashMap::new(),
+            requests: HashMap::new(),
+            report: Report::default(),
+            done_bytes: done_before,
+            corrupt: Vec::new(),
+            providing: done_before > 0,
+            pacer: node.config().max_download.map(|r| Arc::new(Pacer::new(r))),
+            events,
+            tx,
+            dials: JoinSet::new(),
+            lookups: JoinSet::new(),
+            last_path_check: Instant::now(),
         }
-        // Keep asking the DHT for providers: pupils who start later, or
-        // the seed node once it has mirrored the bundle.
-        // Only while the swarm is small: with a few peers, peer exchange
-        // finds the rest, and each DHT lookup opens discovery connections
-        // to the providers it names (the lab measured the mesh this makes
-        // in a class of 30 at ~+12 % makespan when every pupil looked up).
-        let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let lookups = self.control().cloned().map(|control| {
-            let tx = tx.clone();
-            let root = *root.as_bytes();
-            let connected = connected.clone();
-            tokio::spawn(async move {
-                let mut every = LOOKUP_FIRST_EVERY;
-                loop {
-                    tokio::time::sleep(every).await;
-                    every = (every * 2).min(LOOKUP_MAX_EVERY);
-                    if connected.load(std::sync::atomic::Ordering::Relaxed) >= LOOKUP_BELOW_PEERS {
-                        continue;
-                    }
-                    let found = control.find_providers(root, LOOKUP_WITHIN).await;
-                    if tx.send(DriverEvent::Discovered(found)).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        });
-        let mut alone_since: Option<Instant> = None;
-        let mut stall = Stall::new(self.config().stall_timeout);
-        let mut corrupt: Vec<NodeKey> = Vec::new();
-        let mut providing = done_before > 0;
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn piece_count(&self) -> u32 {
+        self.layout.layout.piece_count()
+    }
+
+    fn missing(&self) -> u32 {
+        self.piece_count() - self.sched.have().count()
+    }
+
+    /// Until every piece is here, or the book says to give up.
+    async fn run(&mut self, mut rx: mpsc::Receiver<DriverEvent>) -> Result<(), FetchError> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_path_check = Instant::now();
-        // Dials in progress: aborted when the download ends, so that a
-        // classmate who left cannot hold the exit up with a handshake
-        // that waits for its timeout.
-        let mut dials = tokio::task::JoinSet::new();
-        let result = loop {
-            while dials.try_join_next().is_some() {}
-            // Dial learned peers while there is room.
-            while peers.len() + connecting.len() < MAX_PEERS {
-                let Some(info) = backlog.pop() else { break };
-                if !tried.insert(info.node_id) {
+        loop {
+            while self.dials.try_join_next().is_some() {}
+            while self.lookups.try_join_next().is_some() {}
+            let now = self.now();
+            self.poll_book(now);
+            self.poll_scheduler(now);
+            if self.sched.is_complete() {
+                return Ok(());
+            }
+            match self.book.check(now) {
+                None => {}
+                Some(Verdict::Stalled(quiet)) => {
+                    self.on_stalled(quiet);
                     continue;
                 }
-                let Some(info) = self.dialable(info) else {
-                    continue;
-                };
-                connecting.insert(info.node_id);
-                let endpoint = self.endpoint().clone();
-                let timeout = self.config().connect_timeout;
-                let tx = tx.clone();
-                dials.spawn(async move {
-                    let result = match endpoint_addr(&info) {
-                        None => Err("invalid node id".to_string()),
-                        Some(addr) => match tokio::time::timeout(
-                            timeout,
-                            endpoint.connect(addr, iroh_blobs::ALPN),
-                        )
-                        .await
-                        {
-                            Ok(Ok(conn)) => Ok(conn),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err("no answer".into()),
-                        },
-                    };
-                    tx.send(DriverEvent::Connected(info, result)).await.ok();
-                });
+                Some(Verdict::GiveUp(why)) => return Err(self.give_up(why)),
             }
-
-            let now = started.elapsed();
-            let mut wanted: Vec<(NodeKey, PieceId)> = Vec::new();
-            for action in sched.poll(now) {
-                match action {
-                    Action::Request(peer, piece) => wanted.push((peer, piece)),
-                    Action::Cancel(peer, piece) => {
-                        // A piece that shares its request with others is
-                        // left to finish: aborting would lose the others.
-                        if let Some(r) = requests.remove(&(peer, piece)) {
-                            if r.alone {
-                                r.handle.abort();
-                            }
-                        }
-                    }
-                    Action::DropPeer(peer, reason) => {
-                        if let Some(p) = peers.remove(&peer) {
-                            p.session.abort();
-                            p.conn.close(0u32.into(), b"dropped");
-                        }
-                        requests.retain(|(q, _), r| {
-                            if *q == peer {
-                                r.handle.abort();
-                            }
-                            *q != peer
-                        });
-                        tracing::warn!(peer = %hex(&peer), %reason, "dropping peer");
-                        events
-                            .try_send(FetchEvent::ProviderDropped {
-                                peer: hex(&peer),
-                                reason,
-                            })
-                            .ok();
-                    }
-                }
-            }
-            // Consecutive pieces of one file asked of one peer go as one
-            // range request: each request costs iroh-blobs a round of
-            // setup, which at loopback speed is a fifth of the throughput.
-            for run in runs(&layout, wanted) {
-                let Some(p) = peers.get(&run.peer) else {
-                    continue;
-                };
-                let peer = run.peer;
-                let alone = run.pieces.len() == 1;
-                let keys: Vec<PieceId> = run.pieces.iter().map(|(id, _)| *id).collect();
-                let handle = tokio::spawn(request_run(
-                    store.clone(),
-                    p.conn.clone(),
-                    run,
-                    idle,
-                    pacer.clone(),
-                    tx.clone(),
-                ))
-                .abort_handle();
-                for piece in keys {
-                    requests.insert(
-                        (peer, piece),
-                        Req {
-                            handle: handle.clone(),
-                            alone,
-                        },
-                    );
-                }
-            }
-            if sched.is_complete() {
-                break Ok(());
-            }
-            connected.store(peers.len(), std::sync::atomic::Ordering::Relaxed);
-            let alone = peers.is_empty() && connecting.is_empty() && backlog.is_empty();
-            let waited = match (alone, lookups.is_some()) {
-                (false, _) => {
-                    alone_since = None;
-                    false
-                }
-                (true, false) => true,
-                (true, true) => {
-                    alone_since.get_or_insert_with(Instant::now).elapsed() >= ALONE_PATIENCE
-                }
-            };
-            let missing = layout.layout.piece_count() - sched.have().count();
-            if waited {
-                break Err(gave_up(
-                    &corrupt,
-                    format!(
-                        "every peer failed or left with {missing} of {} pieces still missing",
-                        layout.layout.piece_count()
-                    ),
-                ));
-            }
-            match stall.check(missing) {
-                StallCheck::Fine => {}
-                StallCheck::Warn(quiet) => {
-                    tracing::info!(
-                        "nothing received for {} s ({missing} of {} pieces missing, {} peer(s) connected); asking every provider known again",
-                        quiet.as_secs(),
-                        layout.layout.piece_count(),
-                        peers.len()
-                    );
-                    events
-                        .try_send(FetchEvent::Stalled {
-                            seconds: quiet.as_secs(),
-                            missing_pieces: missing,
-                            peers: peers.len(),
-                        })
-                        .ok();
-                    self.ask_again(root, &known, &peers, &mut tried, &mut backlog, &tx);
-                }
-                StallCheck::GiveUp(quiet) => {
-                    break Err(gave_up(
-                        &corrupt,
-                        format!(
-                            "nothing received from any of {} peer(s) for {} s with {missing} of {} pieces still missing: the peers that hold them refuse, do not answer, or hold a damaged copy (its log says so)",
-                            peers.len(),
-                            quiet.as_secs(),
-                            layout.layout.piece_count()
-                        ),
-                    ));
-                }
-            }
-
+            let wake = self.started
+                + self
+                    .book
+                    .next_deadline()
+                    .unwrap_or(Duration::from_secs(3600));
             let event = tokio::select! {
                 e = rx.recv() => e,
                 _ = tick.tick() => {
-                    // The scheduler keeps a relayed peer's pipeline short;
-                    // tell it when a hole punch (or a lost path) changes
-                    // the way to a peer. The path counters refresh once a
-                    // second.
-                    if last_path_check.elapsed() >= Duration::from_secs(1) {
-                        last_path_check = Instant::now();
-                        for key in peers.keys() {
-                            let relayed = self.relayed(key).unwrap_or(false);
-                            if relayed != sched.is_relayed(key) {
-                                tracing::debug!(peer = %hex(key), relayed, "path changed");
-                                sched.handle(started.elapsed(), Event::Relayed(*key, relayed));
-                            }
-                        }
-                    }
+                    self.on_tick();
                     continue;
                 }
+                _ = tokio::time::sleep_until(wake.into()) => continue,
             };
-            let Some(event) = event else { continue };
-            let now = started.elapsed();
-            match event {
-                DriverEvent::Connected(info, Ok(conn)) => {
-                    connecting.remove(&info.node_id);
-                    self.add_peer(&mut peers, &mut sched, started, root, info, conn, &tx);
-                }
-                DriverEvent::Connected(info, Err(reason)) => {
-                    connecting.remove(&info.node_id);
-                    tracing::debug!(peer = %hex(&info.node_id), %reason, "peer unreachable");
-                }
-                DriverEvent::Welcome {
-                    peer,
-                    pieces,
-                    have,
-                    peers: learned,
-                } => {
-                    if pieces == layout.layout.piece_count() {
-                        if let Some(set) = swarm::have_set(&have, pieces) {
-                            sched.handle(now, Event::HaveSet(peer, set));
+            if let Some(event) = event {
+                self.on_event(event).await?;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: DriverEvent) -> Result<(), FetchError> {
+        match event {
+            DriverEvent::Connected(info, result) => self.on_connected(info, result),
+            DriverEvent::Welcome {
+                peer,
+                pieces,
+                have,
+                peers,
+            } => self.on_welcome(peer, pieces, have, peers),
+            DriverEvent::Update {
+                peer,
+                pieces,
+                peers,
+            } => self.on_update(peer, pieces, peers),
+            DriverEvent::NoSession(peer) => self.sched.handle(self.now(), Event::HaveAll(peer)),
+            DriverEvent::Discovered(lookup, found) => self.on_discovered(lookup, found),
+            DriverEvent::SessionEnded(peer) => self.on_session_ended(peer),
+            DriverEvent::Progress(peer, bytes) => self.on_progress(peer, bytes),
+            DriverEvent::PieceDone(peer, piece, result) => {
+                return self.on_piece_done(peer, piece, result).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the dials and lookups the book asks for. A provider that
+    /// cannot be dialled at all is reported failed at once, and the book
+    /// asked again, so that it takes no place among the peers.
+    fn poll_book(&mut self, now: Duration) {
+        loop {
+            let mut undialable = false;
+            for action in self.book.poll(now) {
+                match action {
+                    BookAction::Dial(key, info) => match self.node.dialable(info) {
+                        Some(info) => self.dial(info),
+                        None => {
+                            self.book.dial_failed(&key);
+                            undialable = true;
                         }
-                    }
-                    self.learn(root, learned, &mut backlog);
-                }
-                DriverEvent::Update {
-                    peer,
-                    pieces,
-                    peers: learned,
-                } => {
-                    for piece in pieces {
-                        if piece < layout.layout.piece_count() {
-                            sched.handle(now, Event::Have(peer, piece));
-                        }
-                    }
-                    self.learn(root, learned, &mut backlog);
-                }
-                DriverEvent::NoSession(peer) => sched.handle(now, Event::HaveAll(peer)),
-                DriverEvent::Discovered(found) => {
-                    let fresh: Vec<ProviderInfo> = found
-                        .into_iter()
-                        .filter(|f| !tried.contains(&f.node_id))
-                        .collect();
-                    if !fresh.is_empty() {
-                        tracing::debug!(count = fresh.len(), "providers found in the DHT");
-                    }
-                    self.learn(root, fresh, &mut backlog);
-                }
-                DriverEvent::SessionEnded(peer) => {
-                    // It left the swarm; its requests fail on their own.
-                    if let Some(p) = peers.remove(&peer) {
-                        p.conn.close(0u32.into(), b"left");
-                    }
-                    sched.handle(now, Event::PeerLeft(peer));
-                }
-                DriverEvent::Progress(peer, bytes) => {
-                    stall.progress();
-                    let key = hex(&peer);
-                    *report.per_provider.entry(key.clone()).or_default() += bytes;
-                    report
-                        .first_byte
-                        .entry(key.clone())
-                        .or_insert_with(Instant::now);
-                    report.received += bytes;
-                    self.traffic_handle().add_received(&key, root, bytes);
-                    done_bytes += bytes;
-                    events.try_send(FetchEvent::Progress { done_bytes }).ok();
-                }
-                DriverEvent::PieceDone(peer, piece, result) => {
-                    requests.remove(&(peer, piece));
-                    match result {
-                        Ok(()) => {
-                            let had = sched.have().contains(piece);
-                            sched.handle(now, Event::Received(peer, piece));
-                            if !had {
-                                self.swarm_registry().piece_done(root, piece);
-                                if !providing {
-                                    // A node with no piece yet would only
-                                    // draw classmates to an empty store.
-                                    providing = true;
-                                    self.provide(root).await;
-                                }
-                            }
-                        }
-                        Err(Outcome::Fail(reason, detail)) => {
-                            tracing::debug!(peer = %hex(&peer), piece, ?reason, %detail, "piece failed");
-                            if reason == FailReason::Corrupt && !corrupt.contains(&peer) {
-                                tracing::warn!(peer = %hex(&peer), %detail, "a peer sent data that does not match the lesson's hashes");
-                                corrupt.push(peer);
-                            }
-                            sched.handle(now, Event::Failed(peer, piece, reason));
-                        }
-                        Err(Outcome::Local(reason)) => {
-                            break Err(FetchError::Store(reason));
-                        }
-                    }
+                    },
+                    BookAction::LookUp(lookup) => self.look_up(lookup),
                 }
             }
+            if !undialable {
+                return;
+            }
+        }
+    }
+
+    fn dial(&mut self, info: ProviderInfo) {
+        let endpoint = self.node.endpoint().clone();
+        let timeout = self.node.config().connect_timeout;
+        let tx = self.tx.clone();
+        self.dials.spawn(async move {
+            let result = match endpoint_addr(&info) {
+                None => Err("invalid node id".to_string()),
+                Some(addr) => {
+                    match tokio::time::timeout(timeout, endpoint.connect(addr, iroh_blobs::ALPN))
+                        .await
+                    {
+                        Ok(Ok(conn)) => Ok(conn),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer".into()),
+                    }
+                }
+            };
+            tx.send(DriverEvent::Connected(info, result)).await.ok();
+        });
+    }
+
+    fn look_up(&mut self, lookup: Lookup) {
+        let Some(control) = self.node.control().cloned() else {
+            return;
         };
-        if let Some(task) = lookups {
-            task.abort();
-        }
-        dials.abort_all();
-        for (_, r) in requests.drain() {
-            r.handle.abort();
-        }
-        for (_, p) in peers.drain() {
-            p.session.abort();
-        }
-        result.map(|()| report)
+        let tx = self.tx.clone();
+        let root = *self.root.as_bytes();
+        self.lookups.spawn(async move {
+            let found = control.find_providers(root, LOOKUP_WITHIN).await;
+            tx.send(DriverEvent::Discovered(lookup, found)).await.ok();
+        });
     }
 
-    /// After a stall: every provider known of may be dialled again (the
-    /// ticket's, peer exchange's, the DHT's), and the DHT is asked now.
-    fn ask_again(
-        &self,
-        root: Hash,
-        known: &[ProviderInfo],
-        peers: &HashMap<NodeKey, Peer>,
-        tried: &mut HashSet<NodeKey>,
-        backlog: &mut Vec<ProviderInfo>,
-        tx: &mpsc::Sender<DriverEvent>,
-    ) {
-        tried.retain(|k| peers.contains_key(k) || *k == self.id());
-        for info in known
-            .iter()
-            .cloned()
-            .chain(self.swarm_registry().peers(root))
-        {
-            if !peers.contains_key(&info.node_id) && backlog.len() < 256 {
-                backlog.push(info);
+    /// Carries out the scheduler's actions: cancels, drops, and requests,
+    /// consecutive pieces of one file asked of one peer going as one range
+    /// request (each request costs iroh-blobs a round of setup, which at
+    /// loopback speed is a fifth of the throughput).
+    fn poll_scheduler(&mut self, now: Duration) {
+        let mut wanted: Vec<(NodeKey, PieceId)> = Vec::new();
+        for action in self.sched.poll(now) {
+            match action {
+                Action::Request(peer, piece) => wanted.push((peer, piece)),
+                Action::Cancel(peer, piece) => {
+                    // A piece that shares its request with others is
+                    // left to finish: aborting would lose the others.
+                    if let Some(r) = self.requests.remove(&(peer, piece)) {
+                        if r.alone {
+                            r.handle.abort();
+                        }
+                    }
+                }
+                Action::DropPeer(peer, reason) => self.drop_peer(peer, reason),
             }
         }
-        if let Some(control) = self.control().cloned() {
-            let tx = tx.clone();
-            let root = *root.as_bytes();
-            tokio::spawn(async move {
-                let found = control.find_providers(root, LOOKUP_WITHIN).await;
-                tx.send(DriverEvent::Discovered(found)).await.ok();
-            });
-        }
-    }
-
-    fn learn(&self, root: Hash, learned: Vec<ProviderInfo>, backlog: &mut Vec<ProviderInfo>) {
-        for info in learned.into_iter().take(64) {
-            if info.node_id == self.id() || info.addrs.len() > classe_bundle::ticket::MAX_ADDRS {
+        for run in runs(&self.layout, wanted) {
+            let Some(p) = self.peers.get(&run.peer) else {
                 continue;
-            }
-            self.swarm_registry().remember(root, info.clone());
-            if backlog.len() < 256 {
-                backlog.push(info);
+            };
+            let peer = run.peer;
+            let alone = run.pieces.len() == 1;
+            let keys: Vec<PieceId> = run.pieces.iter().map(|(id, _)| *id).collect();
+            let handle = tokio::spawn(request_run(
+                self.node.store().clone(),
+                p.conn.clone(),
+                run,
+                self.node.config().idle_timeout,
+                self.pacer.clone(),
+                self.tx.clone(),
+            ))
+            .abort_handle();
+            for piece in keys {
+                let handle = handle.clone();
+                self.requests.insert((peer, piece), Req { handle, alone });
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn add_peer(
-        &self,
-        peers: &mut HashMap<NodeKey, Peer>,
-        sched: &mut Scheduler<NodeKey>,
-        started: Instant,
-        root: Hash,
-        info: ProviderInfo,
-        conn: Connection,
-        tx: &mpsc::Sender<DriverEvent>,
-    ) {
-        let key = info.node_id;
-        if peers.contains_key(&key) {
+    fn drop_peer(&mut self, peer: NodeKey, reason: String) {
+        if let Some(p) = self.peers.remove(&peer) {
+            p.session.abort();
+            p.conn.close(0u32.into(), b"dropped");
+        }
+        self.book.left(&peer);
+        self.requests.retain(|(q, _), r| {
+            if *q == peer {
+                r.handle.abort();
+            }
+            *q != peer
+        });
+        tracing::warn!(peer = %hex(&peer), %reason, "dropping peer");
+        self.events
+            .try_send(FetchEvent::ProviderDropped {
+                peer: hex(&peer),
+                reason,
+            })
+            .ok();
+    }
+
+    /// Nothing received for `quiet`: say so, and ask every provider known
+    /// of again.
+    fn on_stalled(&mut self, quiet: Duration) {
+        let missing = self.missing();
+        tracing::info!(
+            "nothing received for {} s ({missing} of {} pieces missing, {} peer(s) connected); asking every provider known again",
+            quiet.as_secs(),
+            self.piece_count(),
+            self.peers.len()
+        );
+        self.events
+            .try_send(FetchEvent::Stalled {
+                seconds: quiet.as_secs(),
+                missing_pieces: missing,
+                peers: self.peers.len(),
+            })
+            .ok();
+        let remembered = self.node.swarm_registry().peers(self.root);
+        self.book.ask_again(keyed(remembered));
+    }
+
+    fn give_up(&self, why: GiveUp) -> FetchError {
+        let (missing, pieces) = (self.missing(), self.piece_count());
+        let why = match why {
+            GiveUp::Alone => format!(
+                "every peer failed or left with {missing} of {pieces} pieces still missing"
+            ),
+            GiveUp::Quiet(quiet) => format!(
+                "nothing received from any of {} peer(s) for {} s with {missing} of {pieces} pieces still missing: the peers that hold them refuse, do not answer, or hold a damaged copy (its log says so)",
+                self.peers.len(),
+                quiet.as_secs(),
+            ),
+        };
+        gave_up(&self.corrupt, why)
+    }
+
+    /// The scheduler keeps a relayed peer's pipeline short; tell it when a
+    /// hole punch (or a lost path) changes the way to a peer. The path
+    /// counters refresh once a second.
+    fn on_tick(&mut self) {
+        if self.last_path_check.elapsed() < Duration::from_secs(1) {
             return;
         }
-        sched.handle(started.elapsed(), Event::PeerJoined(key));
+        self.last_path_check = Instant::now();
+        let now = self.now();
+        for key in self.peers.keys() {
+            let relayed = self.node.relayed(key).unwrap_or(false);
+            if relayed != self.sched.is_relayed(key) {
+                tracing::debug!(peer = %hex(key), relayed, "path changed");
+                self.sched.handle(now, Event::Relayed(*key, relayed));
+            }
+        }
+    }
+
+    /// A provider the download starts connected to (the ticket's).
+    fn add_provider(&mut self, p: Connected) {
+        if self.book.add_provider(p.info.node_id, p.info.clone()) {
+            self.add_peer(p.info, p.conn);
+        }
+    }
+
+    fn on_connected(&mut self, info: ProviderInfo, result: Result<Connection, String>) {
+        match result {
+            Ok(conn) => {
+                if self.book.connected(info.node_id) {
+                    self.add_peer(info, conn);
+                }
+            }
+            Err(reason) => {
+                self.book.dial_failed(&info.node_id);
+                tracing::debug!(peer = %hex(&info.node_id), %reason, "peer unreachable");
+            }
+        }
+    }
+
+    /// Starts using a connected peer: the scheduler hears of it, and a
+    /// swarm session asks it what it has.
+    fn add_peer(&mut self, info: ProviderInfo, conn: Connection) {
+        let key = info.node_id;
+        self.sched.handle(self.now(), Event::PeerJoined(key));
         let session = tokio::spawn(session(
-            self.endpoint().clone(),
-            info.clone(),
-            root,
+            self.node.endpoint().clone(),
+            info,
+            self.root,
             // Our addresses as of now: the public one and a port mapping
             // may have been learnt since the download started.
-            self.provider_info(),
-            self.config().leaves_when_done,
-            self.config().connect_timeout,
-            tx.clone(),
+            self.node.provider_info(),
+            self.node.config().leaves_when_done,
+            self.node.config().connect_timeout,
+            self.tx.clone(),
         ))
         .abort_handle();
-        peers.insert(key, Peer { conn, session });
+        self.peers.insert(key, Peer { conn, session });
+    }
+
+    fn on_welcome(
+        &mut self,
+        peer: NodeKey,
+        pieces: u32,
+        have: swarm::Have,
+        learned: Vec<ProviderInfo>,
+    ) {
+        if pieces == self.piece_count() {
+            if let Some(set) = swarm::have_set(&have, pieces) {
+                self.sched.handle(self.now(), Event::HaveSet(peer, set));
+            }
+        }
+        self.learn(learned);
+    }
+
+    fn on_update(&mut self, peer: NodeKey, pieces: Vec<PieceId>, learned: Vec<ProviderInfo>) {
+        let now = self.now();
+        for piece in pieces {
+            if piece < self.piece_count() {
+                self.sched.handle(now, Event::Have(peer, piece));
+            }
+        }
+        self.learn(learned);
+    }
+
+    /// Providers a peer named: to dial, and to remember for peer
+    /// exchange.
+    fn learn(&mut self, learned: Vec<ProviderInfo>) {
+        for (_, info) in self.book.learn(keyed(learned), sane) {
+            self.node.swarm_registry().remember(self.root, info);
+        }
+    }
+
+    fn on_discovered(&mut self, lookup: Lookup, found: Vec<ProviderInfo>) {
+        let fresh = self.book.looked_up(self.now(), lookup, keyed(found), sane);
+        if !fresh.is_empty() {
+            tracing::debug!(count = fresh.len(), "providers found in the DHT");
+        }
+        for (_, info) in fresh {
+            self.node.swarm_registry().remember(self.root, info);
+        }
+    }
+
+    /// The peer left the swarm; its requests fail on their own.
+    fn on_session_ended(&mut self, peer: NodeKey) {
+        if let Some(p) = self.peers.remove(&peer) {
+            p.conn.close(0u32.into(), b"left");
+        }
+        self.book.left(&peer);
+        self.sched.handle(self.now(), Event::PeerLeft(peer));
+    }
+
+    fn on_progress(&mut self, peer: NodeKey, bytes: u64) {
+        self.book.progress(self.now());
+        let key = hex(&peer);
+        *self.report.per_provider.entry(key.clone()).or_default() += bytes;
+        self.report
+            .first_byte
+            .entry(key.clone())
+            .or_insert_with(Instant::now);
+        self.report.received += bytes;
+        self.node
+            .traffic_handle()
+            .add_received(&key, self.root, bytes);
+        self.done_bytes += bytes;
+        self.events
+            .try_send(FetchEvent::Progress {
+                done_bytes: self.done_bytes,
+            })
+            .ok();
+    }
+
+    async fn on_piece_done(
+        &mut self,
+        peer: NodeKey,
+        piece: PieceId,
+        result: Result<(), Outcome>,
+    ) -> Result<(), FetchError> {
+        self.requests.remove(&(peer, piece));
+        let now = self.now();
+        match result {
+            Ok(()) => {
+                let had = self.sched.have().contains(piece);
+                self.sched.handle(now, Event::Received(peer, piece));
+                if !had {
+                    self.node.swarm_registry().piece_done(self.root, piece);
+                    if !self.providing {
+                        // A node with no piece yet would only draw
+                        // classmates to an empty store.
+                        self.providing = true;
+                        self.node.provide(self.root).await;
+                    }
+                }
+            }
+            Err(Outcome::Fail(reason, detail)) => {
+                tracing::debug!(peer = %hex(&peer), piece, ?reason, %detail, "piece failed");
+                if reason == FailReason::Corrupt && !self.corrupt.contains(&peer) {
+                    tracing::warn!(peer = %hex(&peer), %detail, "a peer sent data that does not match the lesson's hashes");
+                    self.corrupt.push(peer);
+                }
+                self.sched.handle(now, Event::Failed(peer, piece, reason));
+            }
+            Err(Outcome::Local(reason)) => return Err(FetchError::Store(reason)),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Download<'_> {
+    fn drop(&mut self) {
+        self.dials.abort_all();
+        self.lookups.abort_all();
+        for (_, r) in self.requests.drain() {
+            r.handle.abort();
+        }
+        for (_, p) in self.peers.drain() {
+            p.session.abort();
+        }
     }
 }
 
@@ -718,50 +792,6 @@ async fn session(
                 tx.send(DriverEvent::SessionEnded(peer)).await.ok();
                 return;
             }
-        }
-    }
-}
-
-/// Watches a download for time without a byte.
-struct Stall {
-    last: Instant,
-    warned: bool,
-    give_up: Duration,
-}
-
-enum StallCheck {
-    Fine,
-    /// Quiet for this long: say so and ask again (once per stall).
-    Warn(Duration),
-    /// Quiet for this long: give up.
-    GiveUp(Duration),
-}
-
-impl Stall {
-    fn new(give_up: Duration) -> Self {
-        Self {
-            last: Instant::now(),
-            warned: false,
-            give_up: give_up.max(STALL_WARN),
-        }
-    }
-
-    fn progress(&mut self) {
-        self.last = Instant::now();
-        self.warned = false;
-    }
-
-    fn check(&mut self, missing: u32) -> StallCheck {
-        let quiet = self.last.elapsed();
-        if missing == 0 {
-            StallCheck::Fine
-        } else if quiet >= self.give_up {
-            StallCheck::GiveUp(quiet)
-        } else if quiet >= STALL_WARN && !self.warned {
-            self.warned = true;
-            StallCheck::Warn(quiet)
-        } else {
-            StallCheck::Fine
         }
     }
 }

@@ -9,6 +9,13 @@
 //! code runs over real QUIC connections in `classe-node` and over a
 //! simulated network in tests, and is deterministic for a given RNG seed.
 //!
+//! [`PeerBook`] decides which peers a download is connected to, and when
+//! it is over: it dials learned providers up to a cap, asks the DHT for
+//! more while the swarm is small, and says to give up when nobody is left
+//! to ask or nothing has arrived for too long. The driver in `classe-node`
+//! only carries out what the scheduler and the book decide, so both are
+//! exercised by the class simulation (`tests/simulation.rs`).
+//!
 //! [`SeedPolicy`] is the provider side: it lets a seed with a slow uplink
 //! send each piece about once, refusing a piece that is on its way to
 //! someone or left less than ten seconds ago.
@@ -27,10 +34,12 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod bitset;
+mod book;
 mod scheduler;
 mod seed;
 
 pub use bitset::BitSet;
+pub use book::{BookAction, BookConfig, GiveUp, Lookup, PeerBook, Verdict};
 pub use scheduler::{Action, Config, Event, FailReason, Scheduler};
 pub use seed::SeedPolicy;
 
