@@ -122,8 +122,9 @@ struct Run {
     pieces: Vec<(PieceId, (u64, u64))>,
 }
 
-/// Groups piece requests into runs: same peer, same blob, contiguous.
-fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>) -> Vec<Run> {
+/// Groups piece requests into runs: same peer, same blob, contiguous, at
+/// most `max_run` pieces.
+fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>, max_run: usize) -> Vec<Run> {
     wanted.sort_unstable();
     let mut out: Vec<Run> = Vec::new();
     for (peer, piece) in wanted {
@@ -137,7 +138,7 @@ fn runs(layout: &BundleLayout, mut wanted: Vec<(NodeKey, PieceId)>) -> Vec<Run> 
                 && last.hash == hash
                 && prev_id + 1 == piece
                 && prev_off + prev_len == span.offset
-                && last.pieces.len() < MAX_RUN
+                && last.pieces.len() < max_run
             {
                 last.pieces.push((piece, (span.offset, span.len)));
                 continue;
@@ -459,7 +460,15 @@ impl<'a> Download<'a> {
                 Action::DropPeer(peer, reason) => self.drop_peer(peer, reason),
             }
         }
-        for run in runs(&self.layout, wanted) {
+        // A lone source gets whole ranges: nobody else could take over a
+        // piece it holds up, and the scheduler sizes its pipeline by its
+        // rate.
+        let max_run = if self.sched.peer_count() == 1 {
+            usize::MAX
+        } else {
+            MAX_RUN
+        };
+        for run in runs(&self.layout, wanted, max_run) {
             let Some(p) = self.peers.get(&run.peer) else {
                 continue;
             };

@@ -26,6 +26,14 @@ pub struct Config {
     pub min_pipeline: usize,
     /// Most requests kept in flight per peer.
     pub max_pipeline: usize,
+    /// Most requests kept in flight at a lone direct source (the only peer
+    /// of the download, say the teacher's node on a LAN, or a fetch from
+    /// the school's seed): its measured rate decides, up to this. A fast
+    /// lone source then gets pieces asked in long runs that the driver
+    /// sends as a few whole-range requests; iroh-blobs streams one range
+    /// at its full speed but loses a fifth of it to 4 MiB requests
+    /// (docs/benchmarks.md, single-peer loopback).
+    pub alone_max_pipeline: usize,
     /// Most requests kept in flight at a peer reached only through the
     /// school's relay: the relay is one server shared by every home of
     /// the school, so a relayed classmate gets what its measured rate
@@ -58,6 +66,7 @@ impl Default for Config {
             random_first: 4,
             min_pipeline: 1,
             max_pipeline: 32,
+            alone_max_pipeline: 1024,
             relay_pipeline: 4,
             pipeline_time: Duration::from_millis(500),
             // Stalls are the driver's to detect (no bytes for a while); this
@@ -475,6 +484,8 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
         });
         let max = if peer.relayed {
             self.config.relay_pipeline.max(self.config.min_pipeline)
+        } else if self.peers.len() == 1 {
+            self.config.alone_max_pipeline.max(self.config.max_pipeline)
         } else {
             self.config.max_pipeline
         };

@@ -179,19 +179,27 @@ fn endgame_duplicates_the_last_pieces_and_cancels_the_losers() {
 
 #[test]
 fn pipeline_grows_with_the_measured_rate() {
-    let (max_in_flight, rate) = fast_peer(false);
+    let (max_in_flight, rate) = fast_peer(false, true);
     assert!((60e6..=140e6).contains(&rate), "{rate}");
-    // 0.5 s of 100 MB/s is about 190 pieces: capped at max_pipeline.
+    // 0.5 s of 100 MB/s is about 190 pieces: capped at max_pipeline in a
+    // swarm (a second peer is connected, with nothing to give yet).
     assert_eq!(max_in_flight, Config::default().max_pipeline);
+    // Alone, the source gets what its rate needs, up to alone_max_pipeline.
+    let (alone, _) = fast_peer(false, false);
+    assert!((150..=260).contains(&alone), "{alone}");
 }
 
 /// Runs one fast peer (a 100 MB/s link serving requests in order) to
-/// completion, `relayed` or not: the most requests it ever had in flight,
+/// completion, `relayed` or not, with a second connected peer that has
+/// nothing (`company`) or alone: the most requests it ever had in flight,
 /// and its measured rate.
-fn fast_peer(relayed: bool) -> (usize, f64) {
+fn fast_peer(relayed: bool, company: bool) -> (usize, f64) {
     let mut s = sched(400);
     s.handle(ms(0), Event::PeerJoined(1));
     s.handle(ms(0), Event::HaveAll(1));
+    if company {
+        s.handle(ms(0), Event::PeerJoined(2));
+    }
     s.handle(ms(0), Event::Relayed(1, relayed));
     assert_eq!(s.is_relayed(&1), relayed);
     let per_piece = Duration::from_secs_f64(256.0 * 1024.0 / 100e6);
@@ -217,8 +225,10 @@ fn fast_peer(relayed: bool) -> (usize, f64) {
 
 #[test]
 fn a_relayed_peer_gets_a_short_pipeline_and_a_direct_one_the_full_one() {
-    assert_eq!(fast_peer(true).0, Config::default().relay_pipeline);
-    assert_eq!(fast_peer(false).0, Config::default().max_pipeline);
+    for company in [true, false] {
+        assert_eq!(fast_peer(true, company).0, Config::default().relay_pipeline);
+    }
+    assert_eq!(fast_peer(false, true).0, Config::default().max_pipeline);
 }
 
 #[test]
@@ -375,4 +385,44 @@ fn a_classmate_who_finished_is_not_spared_like_the_teacher() {
     let asked = requests(&late.poll(ms(1)));
     assert!(asked.contains(&(3, 4)));
     assert!(!asked.contains(&(1, 4)), "piece 4 is at a classmate");
+}
+
+/// One round: polls, notes the largest number of requests in flight at
+/// any peer, then delivers everything just asked, one piece per ms.
+fn round(s: &mut Scheduler<u32>, now: &mut Duration, peers: &[u32]) -> usize {
+    let asked = requests(&s.poll(*now));
+    let most = peers.iter().map(|p| s.in_flight(p)).max().unwrap_or(0);
+    for (p, i) in asked {
+        *now += ms(1);
+        s.handle(*now, Event::Received(p, i));
+    }
+    most
+}
+
+#[test]
+fn a_fast_lone_source_gets_long_runs_and_two_sources_do_not() {
+    // 2000 pieces of 256 KiB; pieces arrive 1 ms apart (256 MB/s).
+    let mut lone = sched(2000);
+    lone.handle(ms(0), Event::PeerJoined(1));
+    lone.handle(ms(0), Event::HaveAll(1));
+    let mut now = ms(0);
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(round(&mut lone, &mut now, &[1]));
+    }
+    // 256 MB/s × 500 ms = 488 pieces: far beyond the 32 of a swarm peer.
+    let cap = Config::default().max_pipeline;
+    assert!(most > 4 * cap, "a lone fast source had at most {most} in flight");
+
+    let mut two = sched(2000);
+    for p in [1, 2] {
+        two.handle(ms(0), Event::PeerJoined(p));
+        two.handle(ms(0), Event::HaveAll(p));
+    }
+    let mut now = ms(0);
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(round(&mut two, &mut now, &[1, 2]));
+    }
+    assert!(most <= cap, "with two sources one had {most} in flight");
 }
