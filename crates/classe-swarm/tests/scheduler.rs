@@ -412,7 +412,10 @@ fn a_fast_lone_source_gets_long_runs_and_two_sources_do_not() {
     }
     // 256 MB/s × 500 ms = 488 pieces: far beyond the 32 of a swarm peer.
     let cap = Config::default().max_pipeline;
-    assert!(most > 4 * cap, "a lone fast source had at most {most} in flight");
+    assert!(
+        most > 4 * cap,
+        "a lone fast source had at most {most} in flight"
+    );
 
     let mut two = sched(2000);
     for p in [1, 2] {
