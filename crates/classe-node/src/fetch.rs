@@ -43,6 +43,10 @@ const OTHER_SIDE_GRACE: Duration = Duration::from_millis(500);
 /// Rounds of connecting and asking for the manifest before a fetch gives
 /// up on finding anyone (see [`Node::first_contact`]).
 const FIRST_CONTACT_ATTEMPTS: u32 = 3;
+/// A new first-contact round starts only if it can start within this
+/// time of the first: a ticket whose teacher is really gone fails in
+/// well under half a minute, lookups of up to 10 s included.
+const FIRST_CONTACT_WITHIN: Duration = Duration::from_secs(25);
 
 /// The pause before first-contact round `attempt + 1`: 2 s, then 4 s,
 /// plus up to a second that depends on our node id.
@@ -449,7 +453,8 @@ impl Node {
     /// answers, or everyone refuses (a teacher's node busy with a class
     /// arriving at once: handshakes that time out, the connection limit),
     /// it tries again after a pause, [`FIRST_CONTACT_ATTEMPTS`] times in
-    /// all: a flash crowd must not turn into a crowd of failed fetches.
+    /// all, as long as a round can start within [`FIRST_CONTACT_WITHIN`]:
+    /// a flash crowd must not turn into a crowd of failed fetches.
     /// The pauses differ from pupil to pupil, so that the retries do not
     /// arrive together either.
     async fn first_contact(
@@ -458,6 +463,7 @@ impl Node {
         events: &mpsc::Sender<FetchEvent>,
     ) -> Result<(Vec<Provider>, SignedManifest, Option<(String, u64)>), FetchError> {
         let root = request.root;
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
             let mut providers = match self.control() {
@@ -480,7 +486,11 @@ impl Node {
                     let m = self.store().manifest(root).await?;
                     return Ok((providers, m, Some(first)));
                 }
-                Err(FetchError::NoProvider(why)) if attempt < FIRST_CONTACT_ATTEMPTS => {
+                Err(FetchError::NoProvider(why))
+                    if attempt < FIRST_CONTACT_ATTEMPTS
+                        && started.elapsed() + first_contact_pause(attempt, &self.id())
+                            < FIRST_CONTACT_WITHIN =>
+                {
                     let pause = first_contact_pause(attempt, &self.id());
                     tracing::info!(attempt, ?pause, %why, "nobody answered; trying again");
                     events
