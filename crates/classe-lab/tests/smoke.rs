@@ -181,7 +181,11 @@ fn the_strict_network_options_are_applied() {
     // 10 Mbit/s for 100 ms = 83 packets of 1514 bytes.
     assert!(tc.contains("pfifo") && tc.contains("limit 83p"), "{tc}");
     assert!(tc.contains("r2q 1000"), "{tc}");
-    let class = net::run_tool("tc", &["-n", &pupil.ns, "class", "show", "dev", "eth0"]).unwrap();
+    let class = net::run_tool(
+        "tc",
+        &["-n", &pupil.ns, "-d", "class", "show", "dev", "eth0"],
+    )
+    .unwrap();
     assert!(class.contains("quantum 1514"), "{class}");
     let k = net::run_tool("ip", &["netns", "exec", &pupil.ns, "ethtool", "-k", "eth0"]).unwrap();
     for feature in [
