@@ -496,7 +496,7 @@ impl<'a> Download<'a> {
             p.session.abort();
             p.conn.close(0u32.into(), b"dropped");
         }
-        self.book.left(&peer);
+        self.book.dropped(&peer);
         self.requests.retain(|(q, _), r| {
             if *q == peer {
                 r.handle.abort();

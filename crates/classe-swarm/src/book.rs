@@ -131,6 +131,10 @@ pub struct PeerBook<P, I> {
     /// Peers dialled (or connected from the start), and ourselves: not
     /// dialled again until [`PeerBook::ask_again`].
     tried: BTreeSet<P>,
+    /// Peers the scheduler dropped (bad bytes, failure after failure):
+    /// never dialled again in this download, not even after a stall.
+    /// At most one entry per peer ever connected: bounded by the dials.
+    dropped: BTreeSet<P>,
     /// Learned providers, dialled last in, first out: the newest news
     /// first.
     backlog: Vec<(P, I)>,
@@ -164,6 +168,7 @@ impl<P: Clone + Ord + Debug, I: Clone> PeerBook<P, I> {
             discovery,
             connected: BTreeSet::new(),
             connecting: BTreeSet::new(),
+            dropped: BTreeSet::new(),
             backlog: Vec::new(),
             known: Vec::new(),
             lookup_at,
@@ -245,9 +250,18 @@ impl<P: Clone + Ord + Debug, I: Clone> PeerBook<P, I> {
         self.connecting.remove(key);
     }
 
-    /// A peer left, or was dropped.
+    /// A peer left. It may be dialled again after a stall.
     pub fn left(&mut self, key: &P) {
         self.connected.remove(key);
+    }
+
+    /// The scheduler dropped a peer: it left, and is not dialled again in
+    /// this download, whoever names it (else a stall's ask-again would
+    /// bring it back to hold a place under the cap, count towards the
+    /// below-4 lookup rule and keep the alone patience from running).
+    pub fn dropped(&mut self, key: &P) {
+        self.connected.remove(key);
+        self.dropped.insert(key.clone());
     }
 
     /// Bytes arrived: the download is not stalled.
@@ -260,8 +274,9 @@ impl<P: Clone + Ord + Debug, I: Clone> PeerBook<P, I> {
     /// ticket's, and `also`: the ones peer exchange and the DHT named,
     /// which the node remembers), and the DHT is asked at once.
     pub fn ask_again(&mut self, also: impl IntoIterator<Item = (P, I)>) {
-        let (connected, me) = (&self.connected, &self.me);
-        self.tried.retain(|k| connected.contains(k) || k == me);
+        let (connected, dropped, me) = (&self.connected, &self.dropped, &self.me);
+        self.tried
+            .retain(|k| connected.contains(k) || dropped.contains(k) || k == me);
         let known = self.known.clone();
         for (key, info) in known.into_iter().chain(also) {
             if !self.connected.contains(&key) && self.backlog.len() < self.config.backlog_cap {

@@ -268,3 +268,25 @@ fn one_message_is_read_up_to_64_providers_and_the_backlog_holds_256() {
     let first = dials(&b.poll(s(0.0)));
     assert_eq!(first[..3], [1301, 1300, 1263]);
 }
+
+#[test]
+fn a_dropped_peer_is_not_dialled_again_even_after_a_stall() {
+    let mut b = book(true);
+    b.add_provider(1, true);
+    b.learn(peers(2..=3), sane);
+    assert_eq!(dials(&b.poll(s(0.0))), [3, 2]);
+    b.connected(2);
+    b.connected(3);
+    // The scheduler drops 3 (bytes that failed their hashes); 2 just left.
+    b.dropped(&3);
+    b.left(&2);
+    assert_eq!(b.check(s(10.0)), Some(Verdict::Stalled(s(10.0))));
+    b.ask_again(peers(2..=3));
+    // 2 comes back after the stall; 3 never does, whoever names it.
+    assert_eq!(dials(&b.poll(s(10.0))), [2]);
+    assert!(b.is_tried(&3));
+    b.learn(peers(3..=3), sane);
+    let taken = b.looked_up(s(11.0), Lookup::Again, peers(3..=3), sane);
+    assert!(taken.is_empty(), "{taken:?}");
+    assert!(dials(&b.poll(s(11.0))).is_empty());
+}
