@@ -122,7 +122,10 @@ pub fn probe() -> Probe {
         p.notes.push("not running as root".into());
         return p;
     }
-    let ns = format!("{NS_PREFIX}{}probe", std::process::id());
+    // Unique per call: tests of one process probe at the same time.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = format!("{NS_PREFIX}{}probe{k}", std::process::id());
     match ip(&["netns", "add", &ns]) {
         Ok(()) => p.netns = true,
         Err(e) => {
