@@ -230,7 +230,8 @@ pub struct PupilResult {
     /// What went wrong.
     pub error: Option<String>,
     /// Its processes' CPU, context switches and memory, read just before
-    /// it was stopped.
+    /// it was stopped (`None` when none was left to read: a pupil that is
+    /// done by exiting).
     #[serde(default)]
     pub proc: Option<proc::GroupStats>,
 }
@@ -645,10 +646,12 @@ async fn pupil_task(mut ctx: PupilCtx) -> PupilEnd {
             ctx.events.send(Event::Failed { index, reason }).await.ok();
         }
     }
-    let stats = p.group_stats();
+    // Only a live process can be read: a pupil done by exiting (curl) has
+    // none left, and no figures are better than zeros.
+    let stats = Some(p.group_stats()).filter(|g| g.threads > 0);
     let status = p.stop(GRACE).await;
     PupilEnd {
-        proc: Some(stats),
+        proc: stats,
         ..ended(status.as_ref().map(exit_text))
     }
 }
@@ -1036,7 +1039,7 @@ async fn run_in(
         failures.push("some pupils did not stop in time (killed)".into());
         tasks.abort_all();
     }
-    let seed_proc = seed.group_stats();
+    let seed_proc = Some(seed.group_stats()).filter(|g| g.threads > 0);
     let seed_exit = seed.stop(GRACE).await;
     if scenario.accounting == Accounting::ClasseStats
         && seed_exit.as_ref().is_some_and(|s| !s.success())
@@ -1232,7 +1235,7 @@ async fn run_in(
         cpu_secs_per_gb: per_gb(lab_cpu_secs),
         machine_cpu_secs,
         machine_cpu_secs_per_gb: per_gb(machine_cpu_secs),
-        seed_proc: Some(seed_proc),
+        seed_proc,
     };
     let completed = pupils.iter().filter(|p| p.completed).count();
     let churned = pupils.iter().filter(|p| p.churned).count();

@@ -113,6 +113,11 @@ fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
             r.scenario
         );
         for p in &r.pupils {
+            // A pupil that is done by exiting (curl) has nothing left to read.
+            if r.scenario == "central" {
+                assert!(p.proc.is_none(), "{:?}", p.proc);
+                continue;
+            }
             let stats = p.proc.expect("pupil process stats");
             assert!(
                 stats.peak_rss_kib > 0,
