@@ -212,26 +212,7 @@ pub(crate) const CLK_TCK: f64 = 100.0;
 
 /// CPU seconds of the live processes whose process group is `pgid`.
 pub fn group_cpu_secs(pgid: i32) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut ticks = 0u64;
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some((group, t)) = parse_stat(&stat) {
-            if group == pgid {
-                ticks += t;
-            }
-        }
-    }
-    ticks as f64 / CLK_TCK
+    group_stats(pgid).cpu_secs
 }
 
 /// What the live processes of one group have used so far, from /proc:

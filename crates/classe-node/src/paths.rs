@@ -74,11 +74,11 @@ pub struct QuicCounters {
     pub packets_lost: u64,
     /// Congestion events (loss or ECN reactions).
     pub congestion_events: u64,
-    /// ACK frames sent / received (ACK and PATH_ACK).
+    /// ACK frames sent (ACK and PATH_ACK).
     pub acks_sent: u64,
     /// ACK frames received.
     pub acks_received: u64,
-    /// STREAM frames sent / received.
+    /// STREAM frames sent.
     pub stream_frames_sent: u64,
     /// STREAM frames received.
     pub stream_frames_received: u64,
@@ -91,19 +91,22 @@ pub struct QuicCounters {
 }
 
 impl QuicCounters {
-    fn add_path(&mut self, p: &iroh::endpoint::PathStats) {
-        self.datagrams_sent += p.udp_tx.datagrams;
-        self.datagrams_received += p.udp_rx.datagrams;
-        self.packets_sent += p.sent_packets;
-        self.packets_lost += p.lost_packets;
-        self.congestion_events += p.congestion_events;
-        self.acks_sent += p.frame_tx.acks + p.frame_tx.path_acks;
-        self.acks_received += p.frame_rx.acks + p.frame_rx.path_acks;
-        self.stream_frames_sent += p.frame_tx.stream;
-        self.stream_frames_received += p.frame_rx.stream;
-        self.flow_updates_sent += p.frame_tx.max_data + p.frame_tx.max_stream_data;
-        self.pings_sent += p.frame_tx.ping;
-        self.max_mtu = self.max_mtu.max(p.current_mtu);
+    /// The counters of one path, as QUIC reports them.
+    fn of_path(p: &iroh::endpoint::PathStats) -> Self {
+        Self {
+            datagrams_sent: p.udp_tx.datagrams,
+            datagrams_received: p.udp_rx.datagrams,
+            packets_sent: p.sent_packets,
+            packets_lost: p.lost_packets,
+            congestion_events: p.congestion_events,
+            acks_sent: p.frame_tx.acks + p.frame_tx.path_acks,
+            acks_received: p.frame_rx.acks + p.frame_rx.path_acks,
+            stream_frames_sent: p.frame_tx.stream,
+            stream_frames_received: p.frame_rx.stream,
+            flow_updates_sent: p.frame_tx.max_data + p.frame_tx.max_stream_data,
+            pings_sent: p.frame_tx.ping,
+            max_mtu: p.current_mtu,
+        }
     }
 
     fn add(&mut self, o: &QuicCounters) {
@@ -317,8 +320,7 @@ impl PerPath {
         }
         e.1 = e.1.max(stats.udp_rx.bytes);
         e.2 = e.2.max(stats.udp_tx.bytes);
-        let mut q = QuicCounters::default();
-        q.add_path(stats);
+        let q = QuicCounters::of_path(stats);
         let old = self.1.entry(path).or_default();
         if q.datagrams_sent + q.datagrams_received >= old.datagrams_sent + old.datagrams_received {
             *old = q;
