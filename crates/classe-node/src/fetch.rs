@@ -486,12 +486,11 @@ impl Node {
                     let m = self.store().manifest(root).await?;
                     return Ok((providers, m, Some(first)));
                 }
-                Err(FetchError::NoProvider(why))
-                    if attempt < FIRST_CONTACT_ATTEMPTS
-                        && started.elapsed() + first_contact_pause(attempt, &self.id())
-                            < FIRST_CONTACT_WITHIN =>
-                {
+                Err(FetchError::NoProvider(why)) if attempt < FIRST_CONTACT_ATTEMPTS => {
                     let pause = first_contact_pause(attempt, &self.id());
+                    if started.elapsed() + pause >= FIRST_CONTACT_WITHIN {
+                        return Err(FetchError::NoProvider(why));
+                    }
                     tracing::info!(attempt, ?pause, %why, "nobody answered; trying again");
                     events
                         .try_send(FetchEvent::Retrying {

@@ -519,9 +519,9 @@ fn transport_config() -> iroh::endpoint::QuicTransportConfig {
 /// Transport settings the lab can try without a rebuild (issue 11: weigh
 /// each lever in the same run as the default). Read from the environment
 /// once per endpoint; unset, nothing changes. Not a user setting: each was
-/// measured and found not to pay (docs/benchmarks.md, "CPU per byte"),
-/// and ACK frequency crashed a pupil once in about ten class runs inside
-/// the QUIC stack (`bytes` "advance out of bounds").
+/// measured and found not to pay (docs/benchmarks.md, issue 11, "Levers
+/// weighed"), and ACK frequency crashed two pupils in one of five class
+/// runs inside the QUIC stack (`bytes` "advance out of bounds").
 ///
 /// - `CLASSE_EXP_ACK_THRESHOLD=N` asks peers to acknowledge every N+1
 ///   packets (QUIC ACK frequency); `CLASSE_EXP_ACK_DELAY_MS`,
@@ -553,6 +553,10 @@ impl QuicExperiment {
         mut builder: iroh::endpoint::QuicTransportConfigBuilder,
     ) -> iroh::endpoint::QuicTransportConfigBuilder {
         use iroh::endpoint::VarInt;
+        if *self == Self::default() {
+            return builder;
+        }
+        tracing::warn!(?self, "experimental QUIC settings from the environment");
         if let Some(t) = self.ack_threshold {
             let mut ack = iroh::endpoint::AckFrequencyConfig::default();
             ack.ack_eliciting_threshold(VarInt::from_u32(t));
@@ -562,17 +566,23 @@ impl QuicExperiment {
             if let Some(r) = self.ack_reorder {
                 ack.reordering_threshold(VarInt::from_u32(r));
             }
-            tracing::warn!(?self, "experimental QUIC settings from the environment");
             builder = builder.ack_frequency_config(Some(ack));
         }
         match self.congestion.as_deref() {
+            None | Some("cubic") => builder,
             Some("bbr") => builder.congestion_controller_factory(Arc::new(
                 noq_proto::congestion::Bbr3Config::default(),
             )),
             Some("newreno") => builder.congestion_controller_factory(Arc::new(
                 noq_proto::congestion::NewRenoConfig::default(),
             )),
-            _ => builder,
+            Some(other) => {
+                tracing::warn!(
+                    cc = other,
+                    "unknown CLASSE_EXP_CC (bbr, newreno, cubic); keeping Cubic"
+                );
+                builder
+            }
         }
     }
 }
