@@ -3,18 +3,18 @@
 use std::{
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
-    time::Instant,
 };
 
 use clap::Args;
-use classe_bundle::{validate_path, AuthorKey, SignedManifest, Ticket};
-use classe_node::{FetchError, FetchEvent, FetchRequest, TrustDecision};
+use classe_bundle::{path::folder_name, AuthorKey, SignedManifest, Ticket};
+use classe_node::{FetchEvent, FetchRequest, TrustDecision};
 use classe_store::{iroh_blobs::Hash, ExportError};
 
 use crate::{
     cmd_id::parse_key,
-    exit::{Exit, INTERRUPTED, IO, UNREACHABLE, UNTRUSTED, USAGE, VERIFY},
+    exit::{Exit, INTERRUPTED, IO, USAGE},
     home::Home,
+    session::with_node,
     ui, NetArgs,
 };
 
@@ -47,30 +47,6 @@ pub struct FetchArgs {
     net: NetArgs,
 }
 
-fn fetch_error(e: FetchError) -> Exit {
-    let message = match &e {
-        FetchError::Untrusted(key) => format!(
-            "the lesson is signed by {key}, whom you do not trust; if you know this is your teacher's key, run `classe trust add {key}` (or pass --trust {key}) and fetch again"
-        ),
-        FetchError::WrongAuthor { .. } => format!(
-            "{e}; the ticket may have been altered: ask your teacher for the ticket again"
-        ),
-        FetchError::NoProvider(_) => format!(
-            "{e}; check the ticket, your network, and that a sharer is online, then run the same command again (what arrived is kept)"
-        ),
-        _ => e.to_string(),
-    };
-    let code = match &e {
-        FetchError::NoProvider(_) => UNREACHABLE,
-        FetchError::WrongAuthor { .. }
-        | FetchError::InvalidSignature
-        | FetchError::Untrusted(_) => UNTRUSTED,
-        FetchError::UnsafeManifest(_) | FetchError::Verification(_) => VERIFY,
-        FetchError::Store(_) => IO,
-    };
-    Exit::new(code, message).with_source(&e)
-}
-
 fn export_error(e: ExportError, root: Hash) -> Exit {
     match &e {
         ExportError::DestinationExists(_) => Exit::new(
@@ -80,29 +56,7 @@ fn export_error(e: ExportError, root: Hash) -> Exit {
                 root.to_hex()
             ),
         ),
-        ExportError::Write { .. } => Exit::new(IO, e.to_string()).with_source(&e),
-        _ => Exit::new(VERIFY, e.to_string()).with_source(&e),
-    }
-}
-
-/// A folder name from a title: the title itself when it is a safe single
-/// path component, with unsafe characters replaced otherwise.
-pub fn folder_name(title: &str, root: Hash) -> String {
-    let cleaned: String = title
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() || "<>:\"|?*".contains(c) {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
-    if !cleaned.is_empty() && validate_path(&cleaned).is_ok() {
-        cleaned
-    } else {
-        format!("lesson-{}", &root.to_hex()[..8])
+        _ => e.into(),
     }
 }
 
@@ -132,7 +86,6 @@ fn ask_trust(manifest: &SignedManifest) -> bool {
 }
 
 pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
-    let started = Instant::now();
     let mut shutdown = ui::Shutdown::install();
     let ticket = parse_target(&args.ticket)?;
     let extra_trust: Vec<AuthorKey> = args
@@ -144,129 +97,172 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     if let Some(out) = &args.out {
         check_destination(out)?;
     }
-
     let root = ticket.root;
     repair_store(home, root).await?;
     let mut config = home.node_config(&args.net)?;
     config.leaves_when_done = args.no_seed;
-    let node = home.spawn_node_with(config).await?;
-    node.discard_control_events();
-    let request = FetchRequest {
-        root,
-        expected_author: ticket.author,
-        providers: ticket.providers.clone(),
-    };
-    let lookup = std::sync::Arc::new(std::sync::Mutex::new(None::<(usize, f64)>));
-    let ui_lookup = lookup.clone();
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let bar = ui::byte_bar(0, "fetching");
-    let ui_bar = bar.clone();
-    let ui_task = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            match event {
-                FetchEvent::Started {
-                    total_bytes,
-                    have_bytes,
-                    providers,
-                } => {
-                    ui_bar.set_length(total_bytes);
-                    ui_bar.set_position(have_bytes);
-                    ui_bar.set_message(format!("from {providers} peer(s)"));
-                    ui_bar.reset_eta();
-                }
-                FetchEvent::Progress { done_bytes } => ui_bar.set_position(done_bytes),
-                FetchEvent::Discovered { providers, seconds } => {
-                    tracing::info!(providers, seconds, "DHT lookup done");
-                    if let Ok(mut l) = ui_lookup.lock() {
-                        *l = Some((providers, seconds));
-                    }
-                }
-                FetchEvent::Retrying { attempt, seconds } => ui_bar.suspend(|| {
-                    eprintln!(
-                        "warning: no provider answered (round {attempt}); trying again in {seconds:.0} s"
-                    )
-                }),
-                FetchEvent::ConnectFailed { peer, reason } => ui_bar.suspend(|| {
-                    eprintln!(
-                        "warning: cannot reach {}: {reason}",
-                        &peer[..10.min(peer.len())]
-                    )
-                }),
-                FetchEvent::ProviderDropped { peer, reason } => ui_bar.suspend(|| {
-                    eprintln!(
-                        "warning: stopped using {}: {reason}",
-                        &peer[..10.min(peer.len())]
-                    )
-                }),
-                FetchEvent::Stalled {
-                    seconds,
-                    missing_pieces,
-                    peers,
-                } => ui_bar.suspend(|| {
-                    eprintln!(
-                        "warning: nothing received for {seconds} s ({missing_pieces} piece(s) missing, {peers} peer(s) connected); asking every provider known again"
-                    )
-                }),
+    let trust = trust_policy(home, extra_trust, trust_store);
+    with_node(home, config, args.stats.as_deref(), async |node, _| {
+        node.discard_control_events();
+        let request = FetchRequest {
+            root,
+            expected_author: ticket.author,
+            providers: ticket.providers.clone(),
+        };
+        let lookup = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let bar = ui::byte_bar(0, "fetching");
+        let ui_task = tokio::spawn(show_progress(rx, bar.clone(), lookup.clone()));
+        let outcome = tokio::select! {
+            r = node.fetch(request, trust, tx) => Some(r),
+            _ = shutdown.wait() => None,
+        };
+        ui_task.await.ok();
+        bar.finish_and_clear();
+        let report = match outcome {
+            None => {
+                return Err(Exit::new(
+                    INTERRUPTED,
+                    "interrupted; run the same command again to resume where it stopped",
+                ))
             }
+            Some(r) => r?,
+        };
+        let manifest = report.manifest.manifest();
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(folder_name(&manifest.title, root.as_bytes())));
+        write_out(node, root, manifest, &out).await?;
+        let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
+        if args.json {
+            let dht = lookup.lock().ok().and_then(|l| *l);
+            print_summary(node, &report, root, &out_abs, dht)?;
         }
-    });
+        eprintln!(
+            "Wrote \"{}\" ({} file(s), {}) to {}; received {} in {:.1}s, signature by {} verified.",
+            manifest.title,
+            manifest.files.len(),
+            ui::bytes(report.total_bytes),
+            out_abs.display(),
+            ui::bytes(report.received_bytes),
+            report.elapsed.as_secs_f64(),
+            manifest.author.short(),
+        );
+        if !args.no_seed {
+            eprintln!("Now sharing it with your classmates. Press Ctrl-C to stop.");
+            shutdown.wait().await;
+        }
+        Ok(())
+    })
+    .await
+}
 
-    let home_for_trust = home.clone();
-    let trust = move |manifest: SignedManifest| async move {
-        let author = manifest.manifest().author;
-        if extra_trust.contains(&author) || trust_store.contains(&author) {
-            return TrustDecision::Trusted;
-        }
-        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-        if !interactive {
-            return TrustDecision::Refused;
-        }
-        let yes = tokio::task::spawn_blocking(move || ask_trust(&manifest))
-            .await
-            .unwrap_or(false);
-        if !yes {
-            return TrustDecision::Refused;
-        }
-        if let Ok(mut store) = home_for_trust.trust_store() {
-            store.add(author, "");
-            if let Err(e) = store.save() {
-                eprintln!("warning: could not save the trust list: {e}");
+/// A DHT lookup's result, for the JSON summary: providers found, seconds.
+type Lookup = std::sync::Arc<std::sync::Mutex<Option<(usize, f64)>>>;
+
+/// Shows the fetch's progress on `bar` and its warnings on stderr.
+async fn show_progress(
+    mut rx: tokio::sync::mpsc::Receiver<FetchEvent>,
+    bar: indicatif::ProgressBar,
+    lookup: Lookup,
+) {
+    let short = |peer: &str| peer[..10.min(peer.len())].to_string();
+    while let Some(event) = rx.recv().await {
+        match event {
+            FetchEvent::Started {
+                total_bytes,
+                have_bytes,
+                providers,
+            } => {
+                bar.set_length(total_bytes);
+                bar.set_position(have_bytes);
+                bar.set_message(format!("from {providers} peer(s)"));
+                bar.reset_eta();
             }
+            FetchEvent::Progress { done_bytes } => bar.set_position(done_bytes),
+            FetchEvent::Discovered { providers, seconds } => {
+                tracing::info!(providers, seconds, "DHT lookup done");
+                if let Ok(mut l) = lookup.lock() {
+                    *l = Some((providers, seconds));
+                }
+            }
+            FetchEvent::Retrying { attempt, seconds } => bar.suspend(|| {
+                eprintln!(
+                    "warning: no provider answered (round {attempt}); trying again in {seconds:.0} s"
+                )
+            }),
+            FetchEvent::ConnectFailed { peer, reason } => bar.suspend(|| {
+                eprintln!("warning: cannot reach {}: {reason}", short(&peer))
+            }),
+            FetchEvent::ProviderDropped { peer, reason } => bar.suspend(|| {
+                eprintln!("warning: stopped using {}: {reason}", short(&peer))
+            }),
+            FetchEvent::Stalled {
+                seconds,
+                missing_pieces,
+                peers,
+            } => bar.suspend(|| {
+                eprintln!(
+                    "warning: nothing received for {seconds} s ({missing_pieces} piece(s) missing, {peers} peer(s) connected); asking every provider known again"
+                )
+            }),
         }
-        TrustDecision::Trusted
-    };
+    }
+}
 
-    // Disk space: refuse up front rather than fail halfway.
-    let outcome = tokio::select! {
-        r = node.fetch(request, trust, tx) => Some(r),
-        _ = shutdown.wait() => None,
-    };
-    ui_task.await.ok();
-    bar.finish_and_clear();
-    let report = match outcome {
-        None => {
-            node.shutdown().await;
-            return Err(Exit::new(
-                INTERRUPTED,
-                "interrupted; run the same command again to resume where it stopped",
-            ));
-        }
-        Some(Err(e)) => {
-            node.shutdown().await;
-            return Err(fetch_error(e));
-        }
-        Some(Ok(report)) => report,
-    };
+/// Who the fetch accepts: `--trust` keys and the trust list; an unknown
+/// author is asked about on a terminal and, if accepted, added to it.
+fn trust_policy(
+    home: &Home,
+    extra_trust: Vec<AuthorKey>,
+    trust_store: classe_bundle::TrustStore,
+) -> impl FnOnce(
+    SignedManifest,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TrustDecision> + Send>> {
+    let home = home.clone();
+    move |manifest: SignedManifest| {
+        Box::pin(async move {
+            let author = manifest.manifest().author;
+            if extra_trust.contains(&author) || trust_store.contains(&author) {
+                return TrustDecision::Trusted;
+            }
+            let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+            if !interactive {
+                return TrustDecision::Refused;
+            }
+            let yes = tokio::task::spawn_blocking(move || ask_trust(&manifest))
+                .await
+                .unwrap_or(false);
+            if !yes {
+                return TrustDecision::Refused;
+            }
+            if let Ok(mut store) = home.trust_store() {
+                store.add(author, "");
+                if let Err(e) = store.save() {
+                    eprintln!("warning: could not save the trust list: {e}");
+                }
+            }
+            TrustDecision::Trusted
+        })
+    }
+}
 
-    let manifest = report.manifest.manifest();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(folder_name(&manifest.title, root)));
-    if let Some(free) = ui::available_space(&out) {
+/// Writes the fetched lesson to `out`, refusing up front when the disk
+/// lacks the room rather than failing halfway.
+async fn write_out(
+    node: &classe_node::Node,
+    root: Hash,
+    manifest: &classe_bundle::Manifest,
+    out: &Path,
+) -> Result<(), Exit> {
+    let probe = out.to_path_buf();
+    let free = tokio::task::spawn_blocking(move || ui::available_space(&probe))
+        .await
+        .ok()
+        .flatten();
+    if let Some(free) = free {
         if free < manifest.total_size() {
-            node.shutdown().await;
             return Err(Exit::new(
                 IO,
                 format!(
@@ -279,75 +275,59 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             ));
         }
     }
-    if let Err(e) = node.store().export(root, &out).await {
-        node.shutdown().await;
-        return Err(export_error(e, root));
-    }
-    let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
-    if args.json {
-        // How each provider's bytes travelled: direct or relayed (QUIC
-        // datagram bytes, overhead included).
-        let all_paths = node.path_bytes();
-        let me = node.provider_info();
-        let provider_paths: std::collections::BTreeMap<&String, &classe_node::PathBytes> = report
-            .per_provider
-            .keys()
-            .filter_map(|p| all_paths.get(p).map(|b| (p, b)))
-            .collect();
-        let summary = serde_json::json!({
-            "root": root.to_hex(),
-            "title": manifest.title,
-            "author": manifest.author.to_string(),
-            "lesson_id": manifest.lesson_id.to_string(),
-            "version": manifest.version,
-            "out": out_abs.display().to_string(),
-            "files": manifest.files.iter().map(|f| serde_json::json!({
-                "path": f.path, "size": f.size,
-            })).collect::<Vec<_>>(),
-            "total_bytes": report.total_bytes,
-            "already_had_bytes": report.already_had_bytes,
-            "received_bytes": report.received_bytes,
-            "per_provider": report.per_provider,
-            "seconds": report.elapsed.as_secs_f64(),
-            "node_id": data_encoding::HEXLOWER.encode(&node.id()),
-            "dht_lookup": lookup.lock().ok().and_then(|l| *l).map(|(providers, seconds)| {
-                serde_json::json!({ "providers": providers, "seconds": seconds })
-            }),
-            "addrs": me.addrs,
-            "relay_url": me.relay_url,
-            "first_byte_secs": report.first_byte_secs,
-            // How each provider's bytes travelled: direct or relayed
-            // (QUIC datagram bytes, overhead included).
-            "paths": provider_paths,
-        });
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;
-        stdout
-            .flush()
-            .map_err(crate::exit::io("cannot write to stdout"))?;
-    }
-    eprintln!(
-        "Wrote \"{}\" ({} file(s), {}) to {}; received {} in {:.1}s, signature by {} verified.",
-        manifest.title,
-        manifest.files.len(),
-        ui::bytes(report.total_bytes),
-        out_abs.display(),
-        ui::bytes(report.received_bytes),
-        report.elapsed.as_secs_f64(),
-        manifest.author.short(),
-    );
+    node.store()
+        .export(root, out)
+        .await
+        .map_err(|e| export_error(e, root))
+}
 
-    if !args.no_seed {
-        eprintln!("Now sharing it with your classmates. Press Ctrl-C to stop.");
-        shutdown.wait().await;
-    }
-    let stats = ui::stats_json(&node, started);
-    node.shutdown().await;
-    if let Some(path) = args.stats {
-        ui::write_json_file(&path, &stats)
-            .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
-    }
-    Ok(())
+/// The JSON summary `--json` prints on stdout (docs/cli.md).
+fn print_summary(
+    node: &classe_node::Node,
+    report: &classe_node::FetchReport,
+    root: Hash,
+    out_abs: &Path,
+    lookup: Option<(usize, f64)>,
+) -> Result<(), Exit> {
+    let manifest = report.manifest.manifest();
+    // How each provider's bytes travelled: direct or relayed (QUIC
+    // datagram bytes, overhead included).
+    let all_paths = node.path_bytes();
+    let me = node.provider_info();
+    let provider_paths: std::collections::BTreeMap<&String, &classe_node::PathBytes> = report
+        .per_provider
+        .keys()
+        .filter_map(|p| all_paths.get(p).map(|b| (p, b)))
+        .collect();
+    let summary = serde_json::json!({
+        "root": root.to_hex(),
+        "title": manifest.title,
+        "author": manifest.author.to_string(),
+        "lesson_id": manifest.lesson_id.to_string(),
+        "version": manifest.version,
+        "out": out_abs.display().to_string(),
+        "files": manifest.files.iter().map(|f| serde_json::json!({
+            "path": f.path, "size": f.size,
+        })).collect::<Vec<_>>(),
+        "total_bytes": report.total_bytes,
+        "already_had_bytes": report.already_had_bytes,
+        "received_bytes": report.received_bytes,
+        "per_provider": report.per_provider,
+        "seconds": report.elapsed.as_secs_f64(),
+        "node_id": data_encoding::HEXLOWER.encode(&node.id()),
+        "dht_lookup": lookup.map(|(providers, seconds)| {
+            serde_json::json!({ "providers": providers, "seconds": seconds })
+        }),
+        "addrs": me.addrs,
+        "relay_url": me.relay_url,
+        "first_byte_secs": report.first_byte_secs,
+        "paths": provider_paths,
+    });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;
+    stdout
+        .flush()
+        .map_err(crate::exit::io("cannot write to stdout"))
 }
 
 /// Before a fetch trusts what the store holds of `root`: checks it against
@@ -437,29 +417,5 @@ fn check_destination(out: &Path) -> Result<(), Exit> {
                 out.display()
             ),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn folder_names_are_safe() {
-        let root = Hash::new(b"x");
-        assert_eq!(folder_name("Les fractions", root), "Les fractions");
-        assert_eq!(folder_name("a/b", root), "a_b");
-        assert_eq!(
-            folder_name("..", root),
-            format!("lesson-{}", &root.to_hex()[..8])
-        );
-        assert_eq!(
-            folder_name("CON", root),
-            format!("lesson-{}", &root.to_hex()[..8])
-        );
-        assert_eq!(
-            folder_name("  ", root),
-            format!("lesson-{}", &root.to_hex()[..8])
-        );
     }
 }

@@ -6,38 +6,26 @@
 //! addresses, one per line (`/ip4/A/tcp/P/p2p/ID`), then one JSON object
 //! per line for each event (`mirrored`, `mirror_failed`, `ignored`).
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{io::Write, path::PathBuf};
 
 use clap::Args;
-use classe_bundle::{AuthorKey, SignedAnnouncement};
-use classe_node::{ControlEvent, FetchRequest, Node, TrustDecision};
+use classe_bundle::AuthorKey;
+use classe_node::{Node, Seed, SeedConfig, SeedError, SeedEvent};
 use classe_store::iroh_blobs::Hash;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cmd_fetch::folder_name,
     cmd_id::parse_key,
-    exit::{Exit, IO, USAGE},
+    exit::{Exit, USAGE},
     home::{FileConfig, Home},
+    session::with_node,
     ui, NetArgs,
 };
 
 /// The seed's port when none is configured: TCP for discovery, UDP for
 /// data.
 pub const DEFAULT_PORT: u16 = 4100;
-/// Mirrors running at once.
-const MIRRORS_AT_ONCE: usize = 2;
-/// Announcements waiting for a mirror slot.
-const MIRROR_QUEUE: usize = 256;
-/// A failed mirror is tried again after this, at most `MIRROR_ATTEMPTS`
-/// times in all.
-const MIRROR_RETRY: Duration = Duration::from_secs(20);
-const MIRROR_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Args)]
 pub struct SeedArgs {
@@ -136,94 +124,134 @@ fn event(value: serde_json::Value) {
     }
 }
 
-pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
-    let started = Instant::now();
-    let mut shutdown = ui::Shutdown::install();
+/// What `classe seed` runs with, from flags, the config file and the home.
+struct Settings {
+    file: FileConfig,
+    follow: Vec<AuthorKey>,
+    out: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+}
+
+fn settings(home: &Home, args: &SeedArgs) -> Result<Settings, Exit> {
     let file = match &args.config {
-        Some(path) => {
-            if !path.is_file() {
-                return Err(Exit::new(
-                    USAGE,
-                    format!("config file {} does not exist", path.display()),
-                ));
-            }
-            FileConfig::read(path)?
+        Some(path) if !path.is_file() => {
+            return Err(Exit::new(
+                USAGE,
+                format!("config file {} does not exist", path.display()),
+            ))
         }
+        Some(path) => FileConfig::read(path)?,
         None => home.file_config()?,
     };
     let mut follow: Vec<AuthorKey> = Vec::new();
-    for text in args.follow.iter().chain(&file.follow) {
-        let key = parse_key(text)?;
+    let listed = home.follow_list()?;
+    for key in args
+        .follow
+        .iter()
+        .chain(&file.follow)
+        .map(|t| parse_key(t))
+        .chain(listed.into_iter().map(Ok))
+    {
+        let key = key?;
         if !follow.contains(&key) {
             follow.push(key);
         }
     }
-    for key in home.follow_list()? {
-        if !follow.contains(&key) {
-            follow.push(key);
+    Ok(Settings {
+        out: args.out.clone().or(file.out.clone()),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
+        follow,
+        file,
+    })
+}
+
+/// Starts the school's relay if one is configured; the node then uses it
+/// too (unless told to use another).
+async fn start_relay(
+    args: &SeedArgs,
+    file: &FileConfig,
+    config: &mut classe_node::NodeConfig,
+) -> Result<Option<classe_node::RelayServer>, Exit> {
+    let Some(rc) = relay_server_config(&args.relay, file)? else {
+        return Ok(None);
+    };
+    let rc_chain = rc.tls.as_ref().map(|(chain, _)| chain.clone());
+    let relay = classe_node::RelayServer::spawn(rc).await?;
+    if config.relay_url.is_none() {
+        config.relay_url = Some(relay.url().to_string());
+        // Our own relay: trust the chain we serve (a school CA's
+        // certificate in it), as pupils do with --relay-ca.
+        if config.relay_ca.is_none() {
+            config.relay_ca = rc_chain;
         }
     }
-    let out = args.out.clone().or(file.out.clone());
-    if let Some(dir) = &out {
-        std::fs::create_dir_all(dir)
-            .map_err(crate::exit::io(format!("cannot create {}", dir.display())))?;
-    }
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    Ok(Some(relay))
+}
+
+pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
+    let mut shutdown = ui::Shutdown::install();
+    let Settings {
+        file,
+        follow,
+        out,
+        listen,
+    } = settings(home, &args)?;
     let mut config = home.node_config_from(&args.net, &file, Some(listen))?;
     if let Some(control) = &mut config.control {
         control.follow = follow.clone();
     }
-    // The relay starts before the node, which then uses it too (unless
-    // told to use another).
-    let relay = match relay_server_config(&args.relay, &file)? {
-        Some(rc) => {
-            let rc_chain = rc.tls.as_ref().map(|(chain, _)| chain.clone());
-            let relay = classe_node::RelayServer::spawn(rc).await.map_err(|e| {
-                let code = match e {
-                    classe_node::RelayError::Spawn { .. } => IO,
-                    _ => USAGE,
-                };
-                Exit::new(code, e.to_string())
-            })?;
-            if config.relay_url.is_none() {
-                config.relay_url = Some(relay.url().to_string());
-                // Our own relay: trust the chain we serve (a school CA's
-                // certificate in it), as pupils do with --relay-ca.
-                if config.relay_ca.is_none() {
-                    config.relay_ca = rc_chain.clone();
-                }
+    let relay = start_relay(&args, &file, &mut config).await?;
+    let seed_config = SeedConfig {
+        follow,
+        out,
+        log: Some(home.announcement_log()),
+        ..SeedConfig::default()
+    };
+    let result = with_node(home, config, args.stats.as_deref(), async |node, stats| {
+        let seed = Seed::start(node, seed_config.clone()).await?;
+        greet(node, &seed, &seed_config, relay.as_ref()).await?;
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(64);
+        let printer = async {
+            while let Some(ev) = rx.recv().await {
+                event(seed_event_json(ev));
             }
-            Some(relay)
+        };
+        // The service runs until the signal cancels it; then it stops its
+        // mirrors and returns, and the printer ends with its channel.
+        let signal = async {
+            shutdown.wait().await;
+            stop.cancel();
+        };
+        tokio::join!(seed.run(tx, stop.clone()), printer, signal);
+        eprintln!("Stopping.");
+        if let Some(c) = relay
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r.carried()).ok())
+        {
+            stats.insert("relay".into(), c);
         }
-        None => None,
-    };
-    let node = Arc::new(home.spawn_node_with(config).await?);
-    // Damage in this store is said in the log (warn), bundle and file.
-    node.store().spawn_background_check();
-    let Some(control) = node.control().cloned() else {
-        return Err(Exit::new(IO, "discovery did not start"));
-    };
-    let mut control_events = node
-        .take_control_events()
-        .ok_or_else(|| Exit::new(IO, "discovery events are not available"))?;
-
-    // Everything held is served and provided again.
-    let held = node
-        .store()
-        .list()
-        .await
-        .map_err(|e| Exit::new(IO, format!("cannot read the store: {e}")))?;
-    for bundle in &held {
-        if bundle.complete {
-            node.serve_bundle(bundle.root, bundle.manifest.manifest());
-            node.provide(bundle.root).await;
-        }
+        Ok(())
+    })
+    .await;
+    if let Some(relay) = relay {
+        relay.shutdown().await;
     }
+    result
+}
 
-    // The bootstrap addresses first: scripts and admins read them.
+/// The bootstrap addresses on stdout (scripts and admins read them first),
+/// the relay's URL, and a word on stderr.
+async fn greet(
+    node: &Node,
+    seed: &Seed,
+    config: &SeedConfig,
+    relay: Option<&classe_node::RelayServer>,
+) -> Result<(), Exit> {
+    let control = node.control().ok_or(SeedError::NoControl)?;
     {
         let mut stdout = std::io::stdout().lock();
         for addr in control.listen_addrs().await {
@@ -233,7 +261,7 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
             .flush()
             .map_err(crate::exit::io("cannot write to stdout"))?;
     }
-    if let Some(relay) = &relay {
+    if let Some(relay) = relay {
         event(serde_json::json!({"event": "relay", "url": relay.url().to_string()}));
         eprintln!(
             "Relay for pupils and teachers at home: --relay {}",
@@ -242,242 +270,54 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
     }
     eprintln!(
         "Seeding {} bundle(s); following {} author(s){}. Press Ctrl-C to stop.",
-        held.iter().filter(|b| b.complete).count(),
-        follow.len(),
-        out.as_ref()
+        seed.held(),
+        config.follow.len(),
+        config
+            .out
+            .as_ref()
             .map(|d| format!("; writing lessons to {}", d.display()))
             .unwrap_or_default()
     );
-    if follow.is_empty() {
+    if config.follow.is_empty() {
         eprintln!(
             "note: no author followed; add one with --follow KEY, `follow` in the config, or `classe follow KEY`"
         );
     }
-
-    // Announcements known from before are re-announced: the seed holds
-    // their catch-up records for followers that come later.
-    let known = home.announcements();
-    for a in &known {
-        if follow.contains(&a.announcement().author) {
-            control.announce(a.clone()).await;
-        }
-    }
-    // Lessons announced while we were away, or that failed before.
-    let complete: std::collections::HashSet<Hash> =
-        held.iter().filter(|b| b.complete).map(|b| b.root).collect();
-    let mut queue: std::collections::VecDeque<(SignedAnnouncement, u32)> = known
-        .iter()
-        .filter(|a| follow.contains(&a.announcement().author))
-        .filter(|a| !complete.contains(&Hash::from_bytes(a.announcement().root)))
-        .map(|a| (a.clone(), 0))
-        .collect();
-
-    // The newest version known of each lesson: an older one that finishes
-    // mirroring later is kept in the store but not written over the
-    // newer folder.
-    let newest = Arc::new(std::sync::Mutex::new(classe_bundle::Book::default()));
-    for a in &known {
-        if let Ok(mut b) = newest.lock() {
-            b.offer(a.clone());
-        }
-    }
-    let mut mirrors: JoinSet<(SignedAnnouncement, u32, Result<MirrorDone, String>)> =
-        JoinSet::new();
-    let mut retries: JoinSet<(SignedAnnouncement, u32)> = JoinSet::new();
-    loop {
-        while mirrors.len() < MIRRORS_AT_ONCE {
-            let Some((a, attempt)) = queue.pop_front() else {
-                break;
-            };
-            let node = node.clone();
-            let out = out.clone();
-            let newest = newest.clone();
-            mirrors.spawn(async move {
-                let result = mirror(&node, &a, out.as_deref(), &newest).await;
-                (a, attempt, result)
-            });
-        }
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            Some(ev) = control_events.recv() => match ev {
-                ControlEvent::Announced { announcement, via } => {
-                    tracing::info!(via, "announcement");
-                    // The book holds everything the file held and more:
-                    // write it whole.
-                    let all: Vec<SignedAnnouncement> = {
-                        let mut b = newest.lock().unwrap_or_else(|p| p.into_inner());
-                        b.offer(announcement.clone());
-                        b.all().cloned().collect()
-                    };
-                    if let Err(e) = home.save_announcements(&all) {
-                        tracing::warn!("cannot keep the announcement: {e}");
-                    }
-                    if queue.len() < MIRROR_QUEUE {
-                        queue.push_back((announcement, 0));
-                    }
-                }
-                ControlEvent::Ignored { reason, from } => event(serde_json::json!({
-                    "event": "ignored", "reason": reason, "from": from,
-                })),
-            },
-            Some(done) = mirrors.join_next(), if !mirrors.is_empty() => {
-                let Ok((a, attempt, result)) = done else { continue };
-                let ann = a.announcement();
-                match result {
-                    Ok(m) => event(serde_json::json!({
-                        "event": "mirrored",
-                        "root": Hash::from_bytes(ann.root).to_hex(),
-                        "author": ann.author.to_string(),
-                        "lesson_id": ann.lesson_id.to_string(),
-                        "version": ann.version,
-                        "title": ann.title,
-                        "bytes": m.total_bytes,
-                        "received_bytes": m.received_bytes,
-                        "seconds": m.seconds,
-                        "out": m.out.map(|p| p.display().to_string()),
-                    })),
-                    Err(reason) => {
-                        event(serde_json::json!({
-                            "event": "mirror_failed",
-                            "root": Hash::from_bytes(ann.root).to_hex(),
-                            "version": ann.version,
-                            "title": ann.title,
-                            "attempt": attempt + 1,
-                            "reason": reason,
-                        }));
-                        if attempt + 1 < MIRROR_ATTEMPTS {
-                            retries.spawn(async move {
-                                tokio::time::sleep(MIRROR_RETRY).await;
-                                (a, attempt + 1)
-                            });
-                        }
-                    }
-                }
-            }
-            Some(Ok((a, attempt))) = retries.join_next(), if !retries.is_empty() => {
-                if queue.len() < MIRROR_QUEUE {
-                    queue.push_back((a, attempt));
-                }
-            }
-        }
-    }
-    eprintln!("Stopping.");
-    mirrors.abort_all();
-    retries.abort_all();
-    while mirrors.join_next().await.is_some() {}
-    let mut stats = ui::stats_json(&node, started);
-    if let Ok(c) = serde_json::to_value(control.stats().await) {
-        stats["discovery"] = c;
-    }
-    if let Some(relay) = relay {
-        if let Ok(c) = serde_json::to_value(relay.carried()) {
-            stats["relay"] = c;
-        }
-        relay.shutdown().await;
-    }
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        Err(_) => tracing::warn!("a mirror task still holds the node; exiting anyway"),
-    }
-    if let Some(path) = args.stats {
-        ui::write_json_file(&path, &stats)
-            .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
-    }
     Ok(())
 }
 
-struct MirrorDone {
-    total_bytes: u64,
-    received_bytes: u64,
-    seconds: f64,
-    out: Option<PathBuf>,
-}
-
-/// Fetches, verifies, pins and serves one announced bundle; writes it to
-/// `out` if given. An announcement only says where to look: the manifest
-/// must be signed by the same followed author and name the same lesson
-/// and version.
-async fn mirror(
-    node: &Node,
-    a: &SignedAnnouncement,
-    out: Option<&Path>,
-    newest: &std::sync::Mutex<classe_bundle::Book>,
-) -> Result<MirrorDone, String> {
-    let ann = a.announcement();
-    let root = Hash::from_bytes(ann.root);
-    let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let author = ann.author;
-    let lesson = ann.lesson_id;
-    let version = ann.version;
-    let request = FetchRequest {
-        root,
-        expected_author: Some(author),
-        providers: ann.providers.clone(),
-    };
-    let trust = move |m: classe_bundle::SignedManifest| async move {
-        let m = m.manifest();
-        if m.author == author && m.lesson_id == lesson && m.version == version {
-            TrustDecision::Trusted
-        } else {
-            TrustDecision::Refused
+/// A seed event as the JSON line `classe seed` prints (docs/cli.md).
+fn seed_event_json(ev: SeedEvent) -> serde_json::Value {
+    match ev {
+        SeedEvent::Mirrored(m) => {
+            let ann = &m.announcement;
+            serde_json::json!({
+                "event": "mirrored",
+                "root": Hash::from_bytes(ann.root).to_hex(),
+                "author": ann.author.to_string(),
+                "lesson_id": ann.lesson_id.to_string(),
+                "version": ann.version,
+                "title": ann.title,
+                "bytes": m.total_bytes,
+                "received_bytes": m.received_bytes,
+                "seconds": m.seconds,
+                "out": m.out.map(|p| p.display().to_string()),
+            })
         }
-    };
-    let result = node.fetch(request, trust, tx).await;
-    drain.abort();
-    let report = result.map_err(|e| match e {
-        classe_node::FetchError::Untrusted(_) => {
-            "the bundle's manifest does not match its announcement (lesson or version)".into()
-        }
-        e => e.to_string(),
-    })?;
-    let manifest = report.manifest.manifest();
-    node.serve_bundle(root, manifest);
-    node.provide(root).await;
-    let is_newest = newest
-        .lock()
-        .map(|b| b.version_of(&author, &lesson).is_none_or(|v| v <= version))
-        .unwrap_or(true);
-    let written = match out {
-        Some(dir) if is_newest => Some(write_lesson(node, root, &manifest.title, dir).await?),
-        _ => None,
-    };
-    Ok(MirrorDone {
-        total_bytes: report.total_bytes,
-        received_bytes: report.received_bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        out: written,
-    })
-}
-
-/// Writes the lesson to `dir/<title>`: exported beside it first, then put
-/// in place by renames, so the folder is always a whole version.
-async fn write_lesson(node: &Node, root: Hash, title: &str, dir: &Path) -> Result<PathBuf, String> {
-    let name = folder_name(title, root);
-    let target = dir.join(&name);
-    let pid = std::process::id();
-    let fresh = dir.join(format!(".{name}.classe-new-{pid}"));
-    let old = dir.join(format!(".{name}.classe-old-{pid}"));
-    let _ = std::fs::remove_dir_all(&fresh);
-    node.store()
-        .export(root, &fresh)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
-    let had_old = target.exists();
-    if had_old {
-        std::fs::rename(&target, &old)
-            .map_err(|e| format!("cannot replace {}: {e}", target.display()))?;
+        SeedEvent::MirrorFailed {
+            announcement: ann,
+            attempt,
+            error,
+        } => serde_json::json!({
+            "event": "mirror_failed",
+            "root": Hash::from_bytes(ann.root).to_hex(),
+            "version": ann.version,
+            "title": ann.title,
+            "attempt": attempt,
+            "reason": error.to_string(),
+        }),
+        SeedEvent::Ignored { reason, from } => serde_json::json!({
+            "event": "ignored", "reason": reason, "from": from,
+        }),
     }
-    if let Err(e) = std::fs::rename(&fresh, &target) {
-        if had_old {
-            let _ = std::fs::rename(&old, &target);
-        }
-        let _ = std::fs::remove_dir_all(&fresh);
-        return Err(format!("cannot write {}: {e}", target.display()));
-    }
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    Ok(target)
 }

@@ -1,15 +1,11 @@
 //! `classe share PATH`: import, sign, print the ticket, serve.
 
-use std::{io::Write, path::PathBuf, time::Instant};
+use std::{io::Write, path::PathBuf};
 
 use clap::Args;
-use classe_store::{ImportError, ImportOptions, ImportProgress, Skipped};
+use classe_store::{ImportError, ImportOptions, ImportProgress, Imported, Skipped};
 
-use crate::{
-    exit::{Exit, IO, USAGE},
-    home::Home,
-    ui, NetArgs,
-};
+use crate::{exit::Exit, home::Home, session::with_node, ui, NetArgs};
 
 #[derive(Debug, Args)]
 pub struct ShareArgs {
@@ -33,28 +29,56 @@ pub struct ShareArgs {
     net: NetArgs,
 }
 
-fn import_error(e: ImportError) -> Exit {
-    let code = match &e {
-        ImportError::ReadSource { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            USAGE
-        }
-        ImportError::ReadSource { .. }
-        | ImportError::Lessons { .. }
-        | ImportError::Store { .. } => IO,
-        ImportError::NotShareable(_) | ImportError::Empty { .. } | ImportError::Manifest(_) => {
-            USAGE
-        }
-    };
-    Exit::new(code, e.to_string()).with_source(&e)
-}
-
 pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
-    let started = Instant::now();
     let mut shutdown = ui::Shutdown::install();
     let secret = home.author_secret()?;
-    let node = home.spawn_node(&args.net).await?;
-    node.discard_control_events();
+    let config = home.node_config(&args.net)?;
+    with_node(home, config, args.stats.as_deref(), async |node, _| {
+        node.discard_control_events();
+        let imported = import(node, &args, &secret).await?;
+        let manifest = imported.manifest.manifest();
+        node.serve_bundle(imported.root, manifest);
+        // Damage in this store is said in the log (warn), bundle and file.
+        node.store().spawn_background_check();
+        node.provide(imported.root).await;
+        let ticket = node.ticket(imported.root, secret.public());
+        // Tell followers (the school's seed node, pupils' inboxes): signed,
+        // on the author's gossip topic and in their catch-up record.
+        let announced = node
+            .announce(&secret, imported.root, manifest, &home.announcement_log())
+            .await;
+        if ticket.providers.first().is_none_or(|p| p.addrs.is_empty()) {
+            eprintln!("warning: this machine has no network address pupils could use");
+        }
+        // The ticket alone on stdout, flushed now: scripts read this line.
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{ticket}").map_err(crate::exit::io("cannot write to stdout"))?;
+            out.flush()
+                .map_err(crate::exit::io("cannot write to stdout"))?;
+        }
+        describe(&imported, &secret);
+        if let Err(e) = announced {
+            eprintln!("warning: followers were not told about this version: {e}");
+        }
+        eprintln!("Pupils run: classe fetch <the ticket above>");
+        if args.qr {
+            ui::print_qr(&ticket.to_string());
+        }
+        eprintln!("Serving until Ctrl-C.");
+        shutdown.wait().await;
+        eprintln!("Stopping.");
+        Ok(())
+    })
+    .await
+}
 
+/// Imports the folder into the store, with a progress bar.
+async fn import(
+    node: &classe_node::Node,
+    args: &ShareArgs,
+    secret: &classe_bundle::AuthorSecret,
+) -> Result<Imported, Exit> {
     let bar = ui::byte_bar(0, "importing");
     let options = ImportOptions {
         title: args.title.clone(),
@@ -62,43 +86,29 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     };
     let imported = node
         .store()
-        .import(&args.path, &options, &secret, |p| match p {
+        .import(&args.path, &options, secret, |p| match p {
             ImportProgress::Found { bytes, .. } => bar.set_length(bytes),
             ImportProgress::Imported(done) => bar.set_position(done),
         })
         .await;
     bar.finish_and_clear();
-    let imported = match imported {
-        Ok(i) => i,
+    match imported {
+        Ok(i) => {
+            print_skipped(&i.skipped);
+            Ok(i)
+        }
         Err(e) => {
             if let ImportError::Empty { skipped, .. } = &e {
                 print_skipped(skipped);
             }
-            node.shutdown().await;
-            return Err(import_error(e));
+            Err(e.into())
         }
-    };
-    print_skipped(&imported.skipped);
-    let manifest = imported.manifest.manifest();
-    node.serve_bundle(imported.root, manifest);
-    // Damage in this store is said in the log (warn), bundle and file.
-    node.store().spawn_background_check();
-    node.provide(imported.root).await;
-    let ticket = node.ticket(imported.root, secret.public());
-    // Tell followers (the school's seed node, pupils' inboxes): signed,
-    // on the author's gossip topic and in their catch-up record.
-    let announced = announce(home, &node, &secret, imported.root, manifest).await;
-    if ticket.providers.first().is_none_or(|p| p.addrs.is_empty()) {
-        eprintln!("warning: this machine has no network address pupils could use");
     }
+}
 
-    // The ticket alone on stdout, flushed now: scripts read this line.
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{ticket}").map_err(crate::exit::io("cannot write to stdout"))?;
-        out.flush()
-            .map_err(crate::exit::io("cannot write to stdout"))?;
-    }
+/// What is shared, on stderr.
+fn describe(imported: &Imported, secret: &classe_bundle::AuthorSecret) {
+    let manifest = imported.manifest.manifest();
     eprintln!(
         "Sharing \"{}\" version {}{}: {} file(s), {}{}.",
         manifest.title,
@@ -122,23 +132,6 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
         );
     }
     eprintln!("Signed by your author key {}.", secret.public());
-    if let Err(e) = announced {
-        eprintln!("warning: followers were not told about this version: {e}");
-    }
-    eprintln!("Pupils run: classe fetch <the ticket above>");
-    if args.qr {
-        ui::print_qr(&ticket.to_string());
-    }
-    eprintln!("Serving until Ctrl-C.");
-    shutdown.wait().await;
-    eprintln!("Stopping.");
-    let stats = ui::stats_json(&node, started);
-    node.shutdown().await;
-    if let Some(path) = args.stats {
-        ui::write_json_file(&path, &stats)
-            .map_err(crate::exit::io(format!("cannot write {}", path.display())))?;
-    }
-    Ok(())
 }
 
 /// One warning line per entry left out.
@@ -152,33 +145,4 @@ fn print_skipped(skipped: &[Skipped]) {
             s.reason
         );
     }
-}
-
-/// Signs an announcement of this version and hands it to the control
-/// plane; keeps it in the home so a restart re-announces it.
-async fn announce(
-    home: &Home,
-    node: &classe_node::Node,
-    secret: &classe_bundle::AuthorSecret,
-    root: classe_store::iroh_blobs::Hash,
-    manifest: &classe_bundle::Manifest,
-) -> Result<(), String> {
-    let Some(control) = node.control() else {
-        return Ok(());
-    };
-    let announcement = classe_bundle::Announcement {
-        author: secret.public(),
-        lesson_id: manifest.lesson_id,
-        version: manifest.version,
-        root: *root.as_bytes(),
-        title: manifest.title.clone(),
-        unix_secs: manifest.created_unix_secs,
-        providers: vec![node.provider_info()],
-    };
-    let signed =
-        classe_bundle::SignedAnnouncement::sign(announcement, secret).map_err(|e| e.to_string())?;
-    control.announce(signed.clone()).await;
-    let mut all = home.announcements();
-    all.push(signed);
-    home.save_announcements(&all).map_err(|e| e.to_string())
 }

@@ -42,10 +42,6 @@ pub struct RmArgs {
     root: String,
 }
 
-fn read_err(e: classe_store::ReadError) -> Exit {
-    Exit::new(VERIFY, e.to_string()).with_source(&e)
-}
-
 /// A full hex root, or a unique prefix among the pinned bundles.
 async fn resolve_root(store: &Store, text: &str) -> Result<Hash, Exit> {
     let text = text.trim().to_ascii_lowercase();
@@ -61,7 +57,7 @@ async fn resolve_root(store: &Store, text: &str) -> Result<Hash, Exit> {
     let matches: Vec<Hash> = store
         .list()
         .await
-        .map_err(read_err)?
+        .map_err(Exit::from)?
         .into_iter()
         .map(|b| b.root)
         .filter(|r| r.to_hex().starts_with(&text))
@@ -83,7 +79,7 @@ pub async fn ls(home: &Home, args: LsArgs) -> Result<(), Exit> {
     let store = home.open_store().await?;
     let list = store.list().await;
     store.shutdown().await;
-    let list = list.map_err(read_err)?;
+    let list = list.map_err(Exit::from)?;
     if !args.json && list.is_empty() {
         eprintln!("Your store is empty.");
     }
@@ -146,7 +142,7 @@ pub async fn rm(home: &Home, args: RmArgs) -> Result<(), Exit> {
     let store = home.open_store().await?;
     let result = async {
         let root = resolve_root(&store, &args.root).await?;
-        let removed = store.remove(root).await.map_err(read_err)?;
+        let removed = store.remove(root).await.map_err(Exit::from)?;
         if !removed {
             return Err(Exit::new(
                 USAGE,
@@ -158,9 +154,7 @@ pub async fn rm(home: &Home, args: RmArgs) -> Result<(), Exit> {
     .await;
     store.shutdown().await;
     let root = result?;
-    classe_store::collect_garbage(&home.store_dir())
-        .await
-        .map_err(crate::exit::store_open)?;
+    classe_store::collect_garbage(&home.store_dir()).await?;
     eprintln!("Removed {}.", root.to_hex());
     Ok(())
 }
@@ -170,11 +164,11 @@ pub async fn verify(home: &Home, args: VerifyArgs) -> Result<(), Exit> {
     let result = async {
         let roots = match &args.root {
             Some(text) => vec![resolve_root(&store, text).await?],
-            None => store.pinned_roots().await.map_err(read_err)?,
+            None => store.pinned_roots().await.map_err(Exit::from)?,
         };
         let mut checks = Vec::new();
         for root in roots {
-            checks.push(store.check_bundle(root).await.map_err(read_err)?);
+            checks.push(store.check_bundle(root).await.map_err(Exit::from)?);
         }
         Ok::<_, Exit>(checks)
     }

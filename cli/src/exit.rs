@@ -74,7 +74,141 @@ pub fn io(message: impl Into<String>) -> impl FnOnce(std::io::Error) -> Exit {
     move |e| Exit::new(IO, format!("{message}: {e}")).with_source(&e)
 }
 
-/// The exit code for a store open failure: usually the home is in use.
-pub fn store_open(e: classe_store::OpenError) -> Exit {
-    Exit::new(IO, e.to_string()).with_source(&e)
+// The one table from library errors to exit codes. Every command converts
+// with `?`; docs/cli.md lists the code of each error a user can meet, and
+// tests/exit_codes.rs checks some per command.
+
+impl From<classe_store::OpenError> for Exit {
+    /// Usually the home is in use by another classe.
+    fn from(e: classe_store::OpenError) -> Self {
+        Exit::new(IO, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_store::ReadError> for Exit {
+    /// The disk failed: IO. What the store holds does not verify: VERIFY.
+    fn from(e: classe_store::ReadError) -> Self {
+        let code = match &e {
+            classe_store::ReadError::Store(_) => IO,
+            _ => VERIFY,
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_node::RelayError> for Exit {
+    /// A relay that cannot bind is local I/O; a bad URL or certificate
+    /// file is a usage error.
+    fn from(e: classe_node::RelayError) -> Self {
+        let code = match &e {
+            classe_node::RelayError::Spawn { .. } => IO,
+            _ => USAGE,
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_node::SpawnError> for Exit {
+    fn from(e: classe_node::SpawnError) -> Self {
+        match e {
+            classe_node::SpawnError::Relay(r) => r.into(),
+            classe_node::SpawnError::Bind { .. } | classe_node::SpawnError::Control(_) => {
+                Exit::new(IO, e.to_string()).with_source(&e)
+            }
+        }
+    }
+}
+
+impl From<classe_node::SeedError> for Exit {
+    fn from(e: classe_node::SeedError) -> Self {
+        match e {
+            classe_node::SeedError::Store(r) => r.into(),
+            classe_node::SeedError::NoControl | classe_node::SeedError::Out { .. } => {
+                Exit::new(IO, e.to_string()).with_source(&e)
+            }
+        }
+    }
+}
+
+impl From<classe_node::FetchError> for Exit {
+    fn from(e: classe_node::FetchError) -> Self {
+        use classe_node::FetchError;
+        let message = match &e {
+            FetchError::Untrusted(key) => format!(
+                "the lesson is signed by {key}, whom you do not trust; if you know this is your teacher's key, run `classe trust add {key}` (or pass --trust {key}) and fetch again"
+            ),
+            FetchError::WrongAuthor { .. } => format!(
+                "{e}; the ticket may have been altered: ask your teacher for the ticket again"
+            ),
+            FetchError::NoProvider(_) => format!(
+                "{e}; check the ticket, your network, and that a sharer is online, then run the same command again (what arrived is kept)"
+            ),
+            _ => e.to_string(),
+        };
+        let code = match &e {
+            FetchError::NoProvider(_) => UNREACHABLE,
+            FetchError::WrongAuthor { .. }
+            | FetchError::InvalidSignature
+            | FetchError::Untrusted(_) => UNTRUSTED,
+            FetchError::UnsafeManifest(_) | FetchError::Verification(_) => VERIFY,
+            FetchError::Store(_) => IO,
+        };
+        Exit::new(code, message).with_source(&e)
+    }
+}
+
+impl From<classe_store::ImportError> for Exit {
+    fn from(e: classe_store::ImportError) -> Self {
+        use classe_store::ImportError;
+        let code = match &e {
+            ImportError::ReadSource { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                USAGE
+            }
+            ImportError::ReadSource { .. }
+            | ImportError::Lessons { .. }
+            | ImportError::Store { .. } => IO,
+            ImportError::NotShareable(_) | ImportError::Empty { .. } | ImportError::Manifest(_) => {
+                USAGE
+            }
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_store::ExportError> for Exit {
+    /// Writing failed or the destination is taken: IO. The store's copy
+    /// does not verify, or is missing or unsafe: VERIFY.
+    fn from(e: classe_store::ExportError) -> Self {
+        use classe_store::ExportError;
+        let code = match &e {
+            ExportError::DestinationExists(_) | ExportError::Write { .. } => IO,
+            ExportError::Read(classe_store::ReadError::Store(_)) => IO,
+            ExportError::Read(_)
+            | ExportError::Incomplete { .. }
+            | ExportError::UnsafePath(_)
+            | ExportError::Damaged { .. } => VERIFY,
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_bundle::KeyError> for Exit {
+    /// A key file that cannot be read or written, or is not a key.
+    fn from(e: classe_bundle::KeyError) -> Self {
+        Exit::new(IO, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_bundle::TrustError> for Exit {
+    fn from(e: classe_bundle::TrustError) -> Self {
+        Exit::new(IO, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_node::PublishError> for Exit {
+    fn from(e: classe_node::PublishError) -> Self {
+        Exit::new(IO, e.to_string()).with_source(&e)
+    }
 }

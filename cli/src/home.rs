@@ -13,13 +13,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use classe_bundle::{AuthorKey, AuthorSecret, SignedAnnouncement, TrustStore};
+use classe_bundle::{AuthorKey, AuthorSecret, TrustStore};
 use classe_node::{ControlConfig, NodeConfig};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{
-    exit::{Exit, IO, USAGE},
+    exit::{Exit, USAGE},
     rate, NetArgs,
 };
 
@@ -117,20 +117,17 @@ impl Home {
     }
 
     pub fn author_secret(&self) -> Result<AuthorSecret, Exit> {
-        AuthorSecret::load_or_create(&self.author_key_path())
-            .map_err(|e| Exit::new(IO, e.to_string()).with_source(&e))
+        Ok(AuthorSecret::load_or_create(&self.author_key_path())?)
     }
 
     /// The node key: created on first use, never shown.
     pub fn node_key(&self) -> Result<Zeroizing<[u8; 32]>, Exit> {
-        let key = AuthorSecret::load_or_create(&self.dir.join("node.key"))
-            .map_err(|e| Exit::new(IO, e.to_string()).with_source(&e))?;
+        let key = AuthorSecret::load_or_create(&self.dir.join("node.key"))?;
         Ok(key.to_bytes())
     }
 
     pub fn trust_store(&self) -> Result<TrustStore, Exit> {
-        TrustStore::load(self.dir.join("trust"))
-            .map_err(|e| Exit::new(IO, e.to_string()).with_source(&e))
+        Ok(TrustStore::load(self.dir.join("trust"))?)
     }
 
     pub fn file_config(&self) -> Result<FileConfig, Exit> {
@@ -168,32 +165,10 @@ impl Home {
         write_atomic(&path, text.as_bytes())
     }
 
-    /// Signed announcements kept from earlier runs. Lines that no longer
-    /// verify are skipped with a warning.
-    pub fn announcements(&self) -> Vec<SignedAnnouncement> {
-        let path = self.dir.join("announcements");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Vec::new();
-        };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| match SignedAnnouncement::from_text(l) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::warn!("{}: skipped a line: {e}", path.display());
-                    None
-                }
-            })
-            .collect()
-    }
-
-    pub fn save_announcements(&self, all: &[SignedAnnouncement]) -> Result<(), Exit> {
-        let mut book = classe_bundle::Book::default();
-        for a in all {
-            book.offer(a.clone());
-        }
-        let text: String = book.all().map(|a| format!("{}\n", a.to_text())).collect();
-        write_atomic(&self.dir.join("announcements"), text.as_bytes())
+    /// The signed announcements kept from earlier runs (followed and own
+    /// lessons), so a restart re-announces them and knows a replay.
+    pub fn announcement_log(&self) -> classe_node::AnnouncementLog {
+        classe_node::AnnouncementLog::new(self.dir.join("announcements"))
     }
 
     /// Flags and environment over config.toml over defaults.
@@ -259,42 +234,25 @@ impl Home {
             // mDNS finds nothing on loopback and would otherwise multicast
             // on every other interface of the machine.
             mdns: file.mdns.unwrap_or(true) && !net.no_mdns && !bind_ip.is_loopback(),
-            known: self.announcements(),
+            known: self.announcement_log().load(),
             ..ControlConfig::default()
         });
         Ok(config)
     }
 
     pub async fn open_store(&self) -> Result<classe_store::Store, Exit> {
-        classe_store::Store::open(&self.store_dir())
-            .await
-            .map_err(crate::exit::store_open)
-    }
-
-    pub async fn spawn_node(&self, net: &NetArgs) -> Result<classe_node::Node, Exit> {
-        let config = self.node_config(net)?;
-        self.spawn_node_with(config).await
+        Ok(classe_store::Store::open(&self.store_dir()).await?)
     }
 
     pub async fn spawn_node_with(&self, config: NodeConfig) -> Result<classe_node::Node, Exit> {
         let store = self.open_store().await?;
         let key = self.node_key()?;
-        classe_node::Node::spawn(store, &key, config)
-            .await
-            .map_err(|e| match e {
-                classe_node::SpawnError::Relay(_) => Exit::new(USAGE, e.to_string()),
-                classe_node::SpawnError::Bind { .. } | classe_node::SpawnError::Control(_) => {
-                    Exit::new(IO, e.to_string())
-                }
-            })
+        Ok(classe_node::Node::spawn(store, &key, config).await?)
     }
 }
 
 /// Writes a small file by rename, so a crash leaves the old or the new.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Exit> {
-    // A name of our own: two processes writing at once must not share one.
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
+    classe_node::announce::write_atomic(path, bytes)
         .map_err(crate::exit::io(format!("cannot write {}", path.display())))
 }

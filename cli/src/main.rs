@@ -18,6 +18,7 @@ mod demo;
 mod exit;
 mod home;
 mod rate;
+mod session;
 mod ui;
 
 use std::path::PathBuf;

@@ -359,3 +359,43 @@ mod tests {
         ));
     }
 }
+
+/// A folder name for a lesson from its title: the title itself when it is
+/// a safe single path component, with `/ \\ < > : " | ? *` and control
+/// characters replaced by `_` otherwise, and `lesson-<first 8 hex digits
+/// of the root>` when nothing safe is left.
+pub fn folder_name(title: &str, root: &[u8; 32]) -> String {
+    let cleaned: String = title
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() || "<>:\"|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
+    if !cleaned.is_empty() && validate_path(&cleaned).is_ok() {
+        cleaned
+    } else {
+        format!("lesson-{}", &data_encoding::HEXLOWER.encode(root)[..8])
+    }
+}
+
+#[cfg(test)]
+mod folder_name_tests {
+    use super::folder_name;
+
+    #[test]
+    fn folder_names_are_safe() {
+        let root = [0xab; 32];
+        let fallback = "lesson-abababab";
+        assert_eq!(folder_name("Les fractions", &root), "Les fractions");
+        assert_eq!(folder_name("a/b", &root), "a_b");
+        assert_eq!(folder_name("a\\b:c", &root), "a_b_c");
+        assert_eq!(folder_name("..", &root), fallback);
+        assert_eq!(folder_name("CON", &root), fallback);
+        assert_eq!(folder_name("  ", &root), fallback);
+    }
+}

@@ -68,6 +68,12 @@ pub struct FetchRequest {
     pub providers: Vec<ProviderInfo>,
 }
 
+/// An events sender nobody reads, for a fetch whose progress nobody
+/// shows (a seed's mirror): events are sent with `try_send` and dropped.
+pub fn no_events() -> mpsc::Sender<FetchEvent> {
+    mpsc::channel(1).0
+}
+
 /// The trust policy's answer for a manifest's signer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustDecision {

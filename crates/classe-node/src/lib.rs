@@ -27,11 +27,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod announce;
 mod download;
 mod fetch;
 mod paths;
 mod provider;
 pub mod relay;
+pub mod seed;
 mod swarm;
 mod traffic;
 
@@ -52,9 +54,11 @@ use iroh::{
 use iroh_blobs::{BlobsProtocol, Hash};
 use tokio_util::sync::CancellationToken;
 
-pub use fetch::{FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
+pub use announce::{AnnouncementLog, PublishError};
+pub use fetch::{no_events, FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
 pub use paths::{PathBytes, QuicCounters};
 pub use relay::{RelayCarried, RelayError, RelayServer, RelayServerConfig};
+pub use seed::{MirrorError, Mirrored, Seed, SeedConfig, SeedError, SeedEvent};
 pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
 
 /// How long spawning waits for the school relay to answer, so the first
@@ -146,9 +150,17 @@ pub enum SpawnError {
     },
 }
 
-/// A running node. Dropping it without [`Node::shutdown`] aborts its tasks.
-#[derive(Debug)]
+/// A running node: a cheap handle, cloned into every task that needs it.
+/// [`Node::shutdown`] stops it for every clone (the first call does the
+/// work, later ones wait for it); dropping the last clone without it
+/// aborts the node's tasks without flushing the store.
+#[derive(Debug, Clone)]
 pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     endpoint: Endpoint,
     router: Router,
     store: Store,
@@ -160,6 +172,15 @@ pub struct Node {
     events_task: tokio::task::JoinHandle<()>,
     control: Option<Control>,
     control_events: Mutex<Option<tokio::sync::mpsc::Receiver<ControlEvent>>>,
+    /// Set once the shutdown steps have run.
+    stopped: tokio::sync::OnceCell<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.events_task.abort();
+    }
 }
 
 impl Node {
@@ -191,7 +212,9 @@ impl Node {
             .accept(swarm::ALPN, swarm_handler)
             .spawn();
         tracing::info!(node = %endpoint.id().fmt_short(), addrs = ?endpoint.bound_sockets(), "node started");
-        let mut node = Self {
+        let wait_relay = config.relay_url.is_some();
+        let control_config = config.control.clone();
+        let mut inner = Inner {
             endpoint,
             router,
             store,
@@ -203,33 +226,59 @@ impl Node {
             events_task,
             control: None,
             control_events: Mutex::new(None),
+            stopped: tokio::sync::OnceCell::new(),
         };
-        if node.config.relay_url.is_some() {
-            node.wait_for_relay(RELAY_WAIT).await;
+        if wait_relay {
+            wait_for_relay(
+                &inner.endpoint,
+                inner.config.relay_url.as_deref(),
+                RELAY_WAIT,
+            )
+            .await;
         }
-        if let Some(mut control_config) = node.config.control.clone() {
-            let me = node.provider_info();
+        if let Some(mut control_config) = control_config {
+            let me = info_of(&inner.endpoint, inner.config.relay_url.as_deref());
             control_config.data_addrs = me.addrs;
             control_config.relay_url = me.relay_url;
             let (tx, rx) = tokio::sync::mpsc::channel(classe_control::EVENT_QUEUE);
             match Control::spawn(node_key, control_config, tx).await {
                 Ok(control) => {
-                    node.spawn_address_updates(control.clone());
-                    node.control = Some(control);
-                    node.control_events = Mutex::new(Some(rx));
+                    inner.control = Some(control);
+                    inner.control_events = Mutex::new(Some(rx));
                 }
                 Err(e) => {
-                    node.shutdown().await;
+                    Node {
+                        inner: Arc::new(inner),
+                    }
+                    .shutdown()
+                    .await;
                     return Err(e.into());
                 }
             }
         }
+        let node = Node {
+            inner: Arc::new(inner),
+        };
+        if let Some(control) = node.inner.control.clone() {
+            node.spawn_address_updates(control);
+        }
         Ok(node)
+    }
+
+    /// Cancelled when the node shuts down: tasks working for it stop.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.inner.cancel.cancelled()
+    }
+
+    /// A token cancelled when the node shuts down, for tasks that outlive
+    /// a borrow of the node.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.cancel.child_token()
     }
 
     /// The control plane, if this node runs one.
     pub fn control(&self) -> Option<&Control> {
-        self.control.as_ref()
+        self.inner.control.as_ref()
     }
 
     /// Reads and drops the control plane's events, for nodes that act on
@@ -242,61 +291,46 @@ impl Node {
 
     /// The control plane's events (announcements, refusals). Taken once.
     pub fn take_control_events(&self) -> Option<tokio::sync::mpsc::Receiver<ControlEvent>> {
-        self.control_events.lock().ok()?.take()
+        self.inner.control_events.lock().ok()?.take()
     }
 
     /// Records in the DHT that this node holds (part of) `root`.
     pub async fn provide(&self, root: Hash) {
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.inner.control {
             c.provide(*root.as_bytes()).await;
         }
     }
 
     /// This node's id (its public node key).
     pub fn id(&self) -> [u8; 32] {
-        *self.endpoint.id().as_bytes()
+        *self.inner.endpoint.id().as_bytes()
     }
 
     /// The store it serves.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
     /// Waits until the endpoint has joined its relay and made a first
     /// report of its public address, at most `within`. False if it did
     /// not in time (the relay is down or blocked).
     pub async fn wait_for_relay(&self, within: Duration) -> bool {
-        let joined = tokio::time::timeout(within, async {
-            self.endpoint.online().await;
-            // The relay connection comes first; the public address a moment
-            // later, when the first report of address discovery is in.
-            let mut watch = self.endpoint.watch_addr();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while !watch.get().ip_addrs().any(is_global) {
-                if tokio::time::timeout_at(deadline, watch.updated())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })
+        wait_for_relay(
+            &self.inner.endpoint,
+            self.inner.config.relay_url.as_deref(),
+            within,
+        )
         .await
-        .is_ok();
-        if !joined {
-            tracing::warn!(relay = ?self.config.relay_url, "the relay did not answer in time; going on with direct addresses");
-        }
-        joined
     }
 
     /// Tells the control plane every change of our addresses (a public
     /// address learnt, a port mapped, the relay joined), so identify and
     /// the DHT hand out what works now.
     fn spawn_address_updates(&self, control: Control) {
-        let mut watch = self.endpoint.watch_addr();
-        let endpoint = self.endpoint.clone();
-        let relay = self.config.relay_url.clone();
-        let cancel = self.cancel.clone();
+        let mut watch = self.inner.endpoint.watch_addr();
+        let endpoint = self.inner.endpoint.clone();
+        let relay = self.inner.config.relay_url.clone();
+        let cancel = self.inner.cancel.clone();
         let task = async move {
             loop {
                 tokio::select! {
@@ -323,8 +357,8 @@ impl Node {
     /// on the home router) and its relay. An unspecified bind address
     /// (0.0.0.0) is replaced by the addresses of the machine's interfaces.
     pub fn provider_info(&self) -> ProviderInfo {
-        let mut info = info_of(&self.endpoint, self.config.relay_url.as_deref());
-        info.control_port = self.control.as_ref().map(Control::tcp_port);
+        let mut info = info_of(&self.inner.endpoint, self.inner.config.relay_url.as_deref());
+        info.control_port = self.inner.control.as_ref().map(Control::tcp_port);
         info
     }
 
@@ -335,30 +369,30 @@ impl Node {
     /// (no relay of ours either): nothing to try, nothing to warn about.
     pub(crate) fn dialable(&self, mut info: ProviderInfo) -> Option<ProviderInfo> {
         if info.addrs.is_empty() && info.relay_url.is_none() {
-            info.relay_url = Some(self.config.relay_url.clone()?);
+            info.relay_url = Some(self.inner.config.relay_url.clone()?);
         }
         Some(info)
     }
 
     /// The UDP sockets the endpoint listens on.
     pub fn bound_sockets(&self) -> Vec<SocketAddr> {
-        self.endpoint.bound_sockets()
+        self.inner.endpoint.bound_sockets()
     }
 
     /// Transport bytes per peer, direct and relayed (QUIC datagrams).
     pub fn path_bytes(&self) -> std::collections::BTreeMap<String, PathBytes> {
-        self.paths.snapshot()
+        self.inner.paths.snapshot()
     }
 
     /// What QUIC did for this node's connections (datagrams, ACKs, ...).
     pub fn quic_counters(&self) -> QuicCounters {
-        self.paths.quic()
+        self.inner.paths.quic()
     }
 
     /// Whether our connections to `peer` run through the relay now (None:
     /// not connected).
     pub fn relayed(&self, peer: &[u8; 32]) -> Option<bool> {
-        self.paths.relayed(peer)
+        self.inner.paths.relayed(peer)
     }
 
     /// A ticket for a bundle this node holds.
@@ -373,7 +407,7 @@ impl Node {
     /// Registers a bundle so that bytes served for its files are counted
     /// against it.
     pub fn account_bundle(&self, root: Hash, files: impl IntoIterator<Item = Hash>) {
-        self.traffic.register_bundle(root, files);
+        self.inner.traffic.register_bundle(root, files);
     }
 
     /// Serves a bundle held whole in the store (one just shared): counts
@@ -384,56 +418,89 @@ impl Node {
             root,
             manifest.files.iter().map(|f| Hash::from_bytes(f.hash)),
         );
-        self.registry
+        self.inner
+            .registry
             .serve(root, Arc::new(swarm::BundleLayout::from_manifest(manifest)));
     }
 
     /// Bytes sent and received so far, per peer and per bundle.
     pub fn traffic(&self) -> TrafficSnapshot {
-        let mut snapshot = self.traffic.snapshot();
-        snapshot.paths = self.paths.snapshot();
+        let mut snapshot = self.inner.traffic.snapshot();
+        snapshot.paths = self.inner.paths.snapshot();
         snapshot
     }
 
     /// The configuration it runs with.
     pub fn config(&self) -> &NodeConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// Stops accepting, closes connections and flushes the store. Bounded
     /// in time: a peer that does not acknowledge the close, or a store
     /// busy with a large write, cannot keep the process from exiting (the
     /// lab saw pupils under load take more than 10 s without a bound).
-    pub async fn shutdown(self) {
-        self.cancel.cancel();
-        if let Some(c) = &self.control {
-            c.shutdown(SHUTDOWN_STEP).await;
-        }
-        match tokio::time::timeout(SHUTDOWN_STEP, self.router.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("router shutdown: {e}"),
-            Err(_) => tracing::warn!("router shutdown took too long; going on"),
-        }
-        self.events_task.abort();
-        if tokio::time::timeout(SHUTDOWN_STEP, self.store.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("store shutdown took too long; going on");
-        }
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner
+            .stopped
+            .get_or_init(|| async {
+                inner.cancel.cancel();
+                if let Some(c) = &inner.control {
+                    c.shutdown(SHUTDOWN_STEP).await;
+                }
+                match tokio::time::timeout(SHUTDOWN_STEP, inner.router.shutdown()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("router shutdown: {e}"),
+                    Err(_) => tracing::warn!("router shutdown took too long; going on"),
+                }
+                inner.events_task.abort();
+                if tokio::time::timeout(SHUTDOWN_STEP, inner.store.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("store shutdown took too long; going on");
+                }
+            })
+            .await;
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.inner.endpoint
     }
 
     pub(crate) fn traffic_handle(&self) -> &Arc<Traffic> {
-        &self.traffic
+        &self.inner.traffic
     }
 
     pub(crate) fn swarm_registry(&self) -> &Arc<swarm::Registry> {
-        &self.registry
+        &self.inner.registry
     }
+}
+
+/// Waits until `endpoint` has joined its relay and made a first report of
+/// its public address, at most `within`.
+async fn wait_for_relay(endpoint: &Endpoint, relay: Option<&str>, within: Duration) -> bool {
+    let joined = tokio::time::timeout(within, async {
+        endpoint.online().await;
+        // The relay connection comes first; the public address a moment
+        // later, when the first report of address discovery is in.
+        let mut watch = endpoint.watch_addr();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !watch.get().ip_addrs().any(is_global) {
+            if tokio::time::timeout_at(deadline, watch.updated())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    if !joined {
+        tracing::warn!(relay = ?relay, "the relay did not answer in time; going on with direct addresses");
+    }
+    joined
 }
 
 /// Binds the endpoint: the school relay only (or none), its certificate
