@@ -2,6 +2,9 @@
 //! would run them: separate processes, each with its own home, on
 //! loopback, no root needed.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::{
