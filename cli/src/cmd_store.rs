@@ -125,7 +125,7 @@ pub async fn export(home: &Home, args: ExportArgs) -> Result<(), Exit> {
             | classe_store::ExportError::Write { .. } => {
                 Exit::new(IO, e.to_string()).with_source(&e)
             }
-            classe_store::ExportError::Read(classe_store::ReadError::Store(_)) => {
+            classe_store::ExportError::Read(classe_store::ReadError::NotFound(_)) => {
                 Exit::new(USAGE, format!("no bundle {} in your store", root.to_hex()))
             }
             _ => Exit::new(VERIFY, e.to_string()),

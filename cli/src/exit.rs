@@ -86,10 +86,12 @@ impl From<classe_store::OpenError> for Exit {
 }
 
 impl From<classe_store::ReadError> for Exit {
-    /// The disk failed: IO. What the store holds does not verify: VERIFY.
+    /// The disk failed: IO. No such bundle: USAGE. What the store holds
+    /// does not verify: VERIFY.
     fn from(e: classe_store::ReadError) -> Self {
         let code = match &e {
             classe_store::ReadError::Store(_) => IO,
+            classe_store::ReadError::NotFound(_) => USAGE,
             _ => VERIFY,
         };
         Exit::new(code, e.to_string()).with_source(&e)
@@ -185,6 +187,7 @@ impl From<classe_store::ExportError> for Exit {
         let code = match &e {
             ExportError::DestinationExists(_) | ExportError::Write { .. } => IO,
             ExportError::Read(classe_store::ReadError::Store(_)) => IO,
+            ExportError::Read(classe_store::ReadError::NotFound(_)) => USAGE,
             ExportError::Read(_)
             | ExportError::Incomplete { .. }
             | ExportError::UnsafePath(_)

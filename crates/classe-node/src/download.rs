@@ -185,7 +185,7 @@ fn covers(have: &ChunkRanges, want: &ChunkRanges) -> bool {
 async fn local_pieces(store: &classe_store::Store, layout: &BundleLayout) -> BitSet {
     let mut have = BitSet::new(layout.layout.piece_count());
     for (i, hash) in layout.blobs.iter().enumerate() {
-        let Ok(bitfield) = store.blobs().blobs().observe(*hash).await else {
+        let Ok(ranges) = store.local_ranges(*hash).await else {
             continue;
         };
         for piece in layout.layout.file_pieces(i) {
@@ -193,7 +193,7 @@ async fn local_pieces(store: &classe_store::Store, layout: &BundleLayout) -> Bit
                 continue;
             };
             let want = ChunkRanges::bytes(span.offset..span.offset + span.len);
-            if covers(&bitfield.ranges, &want) {
+            if covers(&ranges, &want) {
                 have.insert(piece);
             }
         }
@@ -865,7 +865,7 @@ async fn request_run(
         .map_or(start, |(_, (offset, len))| offset + len);
     let ranges = ChunkRanges::bytes(start..end);
     let request = GetRequest::blob_ranges(run.hash, ranges.clone());
-    let progress = store.blobs().remote().execute_get(conn, request);
+    let progress = store.execute_get(conn, request);
     let mut stream = std::pin::pin!(progress.stream());
     let mut last = 0u64;
     let mut reported = 0u64;
@@ -927,11 +927,23 @@ async fn request_run(
             }
         }
     };
-    // A provider that lacks part of the range ends early without an error
-    // on some paths: believe the store, not the stream.
+    settle(&store, run.hash, peer, pending, result, &tx).await;
+}
+
+/// Reports each piece of a finished run request. A provider that lacks
+/// part of the range ends early without an error on some paths: believe
+/// the store, not the stream.
+async fn settle(
+    store: &classe_store::Store,
+    hash: Hash,
+    peer: NodeKey,
+    pending: std::collections::VecDeque<(PieceId, (u64, u64))>,
+    result: Result<(), Outcome>,
+    tx: &mpsc::Sender<DriverEvent>,
+) {
     let bitfield = match &result {
-        Ok(()) => match store.blobs().blobs().observe(run.hash).await {
-            Ok(b) => Some(b.ranges),
+        Ok(()) => match store.local_ranges(hash).await {
+            Ok(ranges) => Some(ranges),
             Err(e) => {
                 let reason = format!("cannot read the local store: {e}");
                 for (id, _) in pending {

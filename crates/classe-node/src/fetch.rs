@@ -207,10 +207,11 @@ impl From<ReadError> for FetchError {
                 | ManifestError::TooLarge(_)),
             ) => FetchError::UnsafeManifest(e.to_string()),
             ReadError::Manifest(e) => FetchError::Verification(e.to_string()),
-            e @ (ReadError::BadHashSeq | ReadError::Mismatch | ReadError::MissingManifest) => {
-                FetchError::Verification(e.to_string())
-            }
-            ReadError::Store(e) => FetchError::Store(e),
+            e @ (ReadError::BadHashSeq
+            | ReadError::Mismatch
+            | ReadError::MissingManifest
+            | ReadError::NotFound(_)) => FetchError::Verification(e.to_string()),
+            e @ ReadError::Store(_) => FetchError::Store(e.to_string()),
         }
     }
 }
@@ -276,42 +277,7 @@ impl Node {
         let files = &manifest.manifest().files;
         self.account_bundle(root, files.iter().map(|f| Hash::from_bytes(f.hash)));
         let total_bytes = manifest.manifest().total_size();
-        let mut already = 0u64;
-        // Bytes of distinct blobs still to come.
-        let mut needed = 0u64;
-        let mut seen = HashSet::new();
-        for f in files {
-            let hash = Hash::from_bytes(f.hash);
-            if f.size == 0 {
-                if hash != Hash::EMPTY {
-                    return Err(FetchError::Verification(format!(
-                        "{} is empty but its hash is not the empty hash",
-                        f.path
-                    )));
-                }
-                continue;
-            }
-            let have = store.blob_local_bytes(hash, f.size).await?;
-            already += have;
-            // What the store already holds of a blob takes no new space.
-            if !store.blob_complete(hash, f.size).await? && seen.insert(hash) {
-                needed += f.size.saturating_sub(have);
-            }
-        }
-        // Duplicate contents were counted once per path; cap at the total.
-        already = already.min(total_bytes);
-        if let Some(free) = available_space(store.dir()) {
-            // Data plus its BLAKE3 outboard (about 1/256 of it) and slack.
-            let want = needed + needed / 128 + 1024 * 1024;
-            if free < want {
-                return Err(FetchError::Store(format!(
-                    "not enough disk space in {}: {} MB needed, {} MB free",
-                    store.dir().display(),
-                    want.div_ceil(1_000_000),
-                    free / 1_000_000
-                )));
-            }
-        }
+        let (already, needed) = self.held_and_needed(manifest.manifest()).await?;
         if already > 0 {
             self.provide(root).await;
         }
@@ -356,10 +322,71 @@ impl Node {
 
         // 4. Everything verified while streaming; check completeness and
         // sizes against the signed manifest before calling it done.
+        self.check_complete(manifest.manifest()).await?;
+        Ok(FetchReport {
+            root,
+            manifest,
+            total_bytes,
+            already_had_bytes: already,
+            received_bytes: received,
+            per_provider,
+            first_byte_secs,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// What the store holds of the manifest's files already (bytes, capped
+    /// at the total), and the bytes of distinct blobs still to come;
+    /// refuses up front when the disk lacks the room for them.
+    async fn held_and_needed(
+        &self,
+        manifest: &classe_bundle::Manifest,
+    ) -> Result<(u64, u64), FetchError> {
+        let store = self.store();
+        let mut already = 0u64;
+        let mut needed = 0u64;
+        let mut seen = HashSet::new();
+        for f in &manifest.files {
+            let hash = Hash::from_bytes(f.hash);
+            if f.size == 0 {
+                if hash != Hash::EMPTY {
+                    return Err(FetchError::Verification(format!(
+                        "{} is empty but its hash is not the empty hash",
+                        f.path
+                    )));
+                }
+                continue;
+            }
+            let have = store.blob_local_bytes(hash, f.size).await?;
+            already += have;
+            // What the store already holds of a blob takes no new space.
+            if !store.blob_complete(hash, f.size).await? && seen.insert(hash) {
+                needed += f.size.saturating_sub(have);
+            }
+        }
+        if let Some(free) = available_space(store.dir()) {
+            // Data plus its BLAKE3 outboard (about 1/256 of it) and slack.
+            let want = needed + needed / 128 + 1024 * 1024;
+            if free < want {
+                return Err(FetchError::Store(format!(
+                    "not enough disk space in {}: {} MB needed, {} MB free",
+                    store.dir().display(),
+                    want.div_ceil(1_000_000),
+                    free / 1_000_000
+                )));
+            }
+        }
+        // Duplicate contents were counted once per path; cap at the total.
+        Ok((already.min(manifest.total_size()), needed))
+    }
+
+    /// Every file of the manifest complete in the store, with its size.
+    async fn check_complete(&self, manifest: &classe_bundle::Manifest) -> Result<(), FetchError> {
         let mut incomplete = 0;
-        for f in files {
+        for f in &manifest.files {
             if f.size > 0
-                && !store
+                && !self
+                    .store()
                     .blob_complete(Hash::from_bytes(f.hash), f.size)
                     .await?
             {
@@ -371,16 +398,7 @@ impl Node {
                 "{incomplete} file(s) still missing after every provider was tried"
             )));
         }
-        Ok(FetchReport {
-            root,
-            manifest,
-            total_bytes,
-            already_had_bytes: already,
-            received_bytes: received,
-            per_provider,
-            first_byte_secs,
-            elapsed: started.elapsed(),
-        })
+        Ok(())
     }
 
     /// Dials the ticket's providers and, at once, those the DHT names.
@@ -584,11 +602,7 @@ impl Node {
         let mut errors = Vec::new();
         // Try providers in turn; one that fails is removed from the list.
         while let Some(p) = providers.first() {
-            let get = self
-                .store()
-                .blobs()
-                .remote()
-                .execute_get(p.conn.clone(), request.clone());
+            let get = self.store().execute_get(p.conn.clone(), request.clone());
             match tokio::time::timeout(self.config().idle_timeout, get.complete()).await {
                 Ok(Ok(stats)) => {
                     if !self.store().has_complete(root).await? {

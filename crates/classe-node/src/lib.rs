@@ -51,7 +51,7 @@ use iroh::{
     protocol::Router,
     Endpoint, RelayMode, SecretKey, Watcher,
 };
-use iroh_blobs::{BlobsProtocol, Hash};
+use iroh_blobs::Hash;
 use tokio_util::sync::CancellationToken;
 
 pub use announce::{AnnouncementLog, PublishError};
@@ -202,7 +202,7 @@ impl Node {
             &config,
             cancel.child_token(),
         );
-        let blobs = BlobsProtocol::new(store.blobs(), Some(events));
+        let blobs = store.protocol(Some(events));
         let swarm_handler = swarm::Handler {
             registry: registry.clone(),
             store: store.clone(),

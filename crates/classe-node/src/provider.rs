@@ -139,16 +139,17 @@ pub(crate) fn spawn_events(
         waiting: Default::default(),
         rate: config.max_upload,
     });
-    let task = tokio::spawn(run(
-        rx,
+    let events = Events {
         traffic,
         registry,
         store,
         queue,
-        config.max_connections,
+        max_connections: config.max_connections,
         pacer,
         cancel,
-    ));
+        peers: HashMap::new(),
+    };
+    let task = tokio::spawn(events.run(rx));
     (sender, task)
 }
 
@@ -177,9 +178,15 @@ fn estimate(request: &iroh_blobs::protocol::GetRequest) -> u64 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>,
+/// A get request from a peer, with its reply channel.
+type GetRequestMessage = irpc::WithChannels<
+    iroh_blobs::provider::events::RequestReceived<iroh_blobs::protocol::GetRequest>,
+    iroh_blobs::provider::events::ProviderProto,
+>;
+
+/// The provider events task: who is connected, what they may get, and at
+/// what pace.
+struct Events {
     traffic: Arc<Traffic>,
     registry: Arc<Registry>,
     store: classe_store::Store,
@@ -187,99 +194,119 @@ async fn run(
     max_connections: usize,
     pacer: Option<Arc<Pacer>>,
     cancel: CancellationToken,
-) {
-    let mut peers: HashMap<u64, Conn> = HashMap::new();
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            msg = rx.recv() => match msg { Some(m) => m, None => break },
-        };
-        match msg {
-            ProviderMessage::ClientConnected(msg) => {
-                let verdict = if peers.len() >= max_connections {
-                    tracing::info!(limit = max_connections, "refusing a peer: connection limit");
-                    Err(AbortReason::RateLimited)
-                } else {
-                    let conn = Conn::new(msg.inner.endpoint_id, &cancel);
-                    tracing::info!(peer = %conn.name, "peer connected");
-                    peers.insert(msg.inner.connection_id, conn);
-                    Ok(())
-                };
-                msg.tx.send(verdict).await.ok();
-            }
-            ProviderMessage::ConnectionClosed(msg) => {
-                // Its requests still waiting in line leave it at once.
-                if let Some(conn) = peers.remove(&msg.inner.connection_id) {
-                    tracing::info!(peer = %conn.name, "peer disconnected");
-                    conn.closed.cancel();
+    peers: HashMap<u64, Conn>,
+}
+
+impl Events {
+    async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>) {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                msg = rx.recv() => match msg { Some(m) => m, None => break },
+            };
+            match msg {
+                ProviderMessage::ClientConnected(msg) => {
+                    let verdict = self.connect(msg.inner.endpoint_id, msg.inner.connection_id);
+                    msg.tx.send(verdict).await.ok();
                 }
-            }
-            ProviderMessage::GetRequestReceived(msg) => {
-                let Some(conn) = peers.get(&msg.inner.connection_id) else {
-                    msg.tx.send(Err(AbortReason::Permission)).await.ok();
-                    continue;
-                };
-                // A blob our own check found damaged is not served: the
-                // peer would only fail its hashes (the log says which
-                // bundle and file; `classe verify` tells more).
-                if store.is_damaged(msg.inner.request.hash) {
-                    tracing::debug!(peer = %conn.name, "declining a request for a damaged blob");
-                    msg.tx.send(Err(AbortReason::Permission)).await.ok();
-                    continue;
-                }
-                // The seed's rule: no piece again while on its way or just sent.
-                let admission = match registry.admit_piece(&msg.inner.request, conn.id) {
-                    Verdict::Declined => {
-                        msg.tx.send(Err(AbortReason::Permission)).await.ok();
-                        continue;
+                ProviderMessage::ConnectionClosed(msg) => {
+                    // Its requests still waiting in line leave it at once.
+                    if let Some(conn) = self.peers.remove(&msg.inner.connection_id) {
+                        tracing::info!(peer = %conn.name, "peer disconnected");
+                        conn.closed.cancel();
                     }
-                    Verdict::Free => None,
-                    Verdict::Admitted(a) => Some(a),
-                };
-                let bytes = estimate(&msg.inner.request);
-                if queue.too_long(bytes) {
-                    tracing::debug!(peer = %conn.name, "declining a request: upload queue full");
-                    msg.tx.send(Err(AbortReason::RateLimited)).await.ok();
-                    continue;
                 }
-                tokio::spawn(serve(
-                    msg,
-                    conn.clone(),
-                    admission,
-                    bytes,
-                    queue.clone(),
-                    traffic.clone(),
-                ));
-            }
-            ProviderMessage::GetManyRequestReceivedNotify(msg) => {
-                let peer = peers
-                    .get(&msg.inner.connection_id)
-                    .map_or_else(|| "unknown".to_string(), |c| c.name.clone());
-                let hash = msg.inner.request.hashes.first().copied();
-                if let Some(hash) = hash {
-                    spawn_counter(msg.rx, traffic.clone(), peer, hash, cancel.clone());
+                ProviderMessage::GetRequestReceived(msg) => self.get(msg).await,
+                ProviderMessage::GetManyRequestReceivedNotify(msg) => {
+                    let peer = self
+                        .peers
+                        .get(&msg.inner.connection_id)
+                        .map_or_else(|| "unknown".to_string(), |c| c.name.clone());
+                    let hash = msg.inner.request.hashes.first().copied();
+                    if let Some(hash) = hash {
+                        let (traffic, cancel) = (self.traffic.clone(), self.cancel.clone());
+                        spawn_counter(msg.rx, traffic, peer, hash, cancel);
+                    }
                 }
-            }
-            ProviderMessage::Throttle(msg) => match &pacer {
-                Some(pacer) => {
-                    let at = pacer.reserve(msg.inner.size);
-                    let cancel = cancel.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = tokio::time::sleep_until(at) => { msg.tx.send(Ok(())).await.ok(); }
-                        }
-                    });
+                ProviderMessage::Throttle(msg) => match &self.pacer {
+                    Some(pacer) => {
+                        let at = pacer.reserve(msg.inner.size);
+                        let cancel = self.cancel.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                _ = tokio::time::sleep_until(at) => { msg.tx.send(Ok(())).await.ok(); }
+                            }
+                        });
+                    }
+                    None => {
+                        msg.tx.send(Ok(())).await.ok();
+                    }
+                },
+                other => {
+                    tracing::trace!(?other, "provider event ignored");
                 }
-                None => {
-                    msg.tx.send(Ok(())).await.ok();
-                }
-            },
-            other => {
-                tracing::trace!(?other, "provider event ignored");
             }
         }
+    }
+
+    /// A new connection: admitted under the connection cap.
+    fn connect(
+        &mut self,
+        endpoint: Option<iroh::EndpointId>,
+        connection: u64,
+    ) -> Result<(), AbortReason> {
+        if self.peers.len() >= self.max_connections {
+            tracing::info!(
+                limit = self.max_connections,
+                "refusing a peer: connection limit"
+            );
+            return Err(AbortReason::RateLimited);
+        }
+        let conn = Conn::new(endpoint, &self.cancel);
+        tracing::info!(peer = %conn.name, "peer connected");
+        self.peers.insert(connection, conn);
+        Ok(())
+    }
+
+    /// A get request: declined, or served in its peer's lane.
+    async fn get(&mut self, msg: GetRequestMessage) {
+        let Some(conn) = self.peers.get(&msg.inner.connection_id) else {
+            msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            return;
+        };
+        // A blob our own check found damaged is not served: the peer would
+        // only fail its hashes (the log says which bundle and file;
+        // `classe verify` tells more).
+        if self.store.is_damaged(msg.inner.request.hash) {
+            tracing::debug!(peer = %conn.name, "declining a request for a damaged blob");
+            msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            return;
+        }
+        // The seed's rule: no piece again while on its way or just sent.
+        let admission = match self.registry.admit_piece(&msg.inner.request, conn.id) {
+            Verdict::Declined => {
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+                return;
+            }
+            Verdict::Free => None,
+            Verdict::Admitted(a) => Some(a),
+        };
+        let bytes = estimate(&msg.inner.request);
+        if self.queue.too_long(bytes) {
+            tracing::debug!(peer = %conn.name, "declining a request: upload queue full");
+            msg.tx.send(Err(AbortReason::RateLimited)).await.ok();
+            return;
+        }
+        tokio::spawn(serve(
+            msg,
+            conn.clone(),
+            admission,
+            bytes,
+            self.queue.clone(),
+            self.traffic.clone(),
+        ));
     }
 }
 
@@ -310,10 +337,7 @@ impl Conn {
 /// serves the request and settles its admission by the seed rule. Leaves
 /// the line as soon as the connection closes.
 async fn serve(
-    msg: irpc::WithChannels<
-        iroh_blobs::provider::events::RequestReceived<iroh_blobs::protocol::GetRequest>,
-        iroh_blobs::provider::events::ProviderProto,
-    >,
+    msg: GetRequestMessage,
     conn: Conn,
     admission: Option<Admission>,
     bytes: u64,

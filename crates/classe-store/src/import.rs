@@ -672,7 +672,7 @@ impl Store {
             if !self
                 .blob_complete(Hash::from_bytes(f.hash), f.size)
                 .await
-                .map_err(|e| store_err(&e))
+                .map_err(store_err)
                 .ok()?
             {
                 return None;

@@ -77,9 +77,12 @@ pub enum OpenError {
 /// Reading a bundle from the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The store itself failed.
+    /// The store holds nothing of this bundle.
+    #[error("bundle {} is not in the store", .0.to_hex())]
+    NotFound(Hash),
+    /// The store itself failed (disk, database).
     #[error("store error: {0}")]
-    Store(String),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The root blob is not a hash sequence of at least one entry.
     #[error("bundle root is not a valid hash sequence")]
     BadHashSeq,
@@ -149,9 +152,43 @@ impl Store {
         self.blobs.sync_db().await.map_err(store_err)
     }
 
-    /// The underlying iroh-blobs store, for the network layer.
+    /// The underlying iroh-blobs store. For benchmarks that measure bare
+    /// iroh-blobs beside classe; classe's own layers use the methods here.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// The iroh-blobs protocol handler serving this store, reporting to
+    /// `events` (connections, requests, throttling).
+    pub fn protocol(
+        &self,
+        events: Option<iroh_blobs::provider::events::EventSender>,
+    ) -> iroh_blobs::BlobsProtocol {
+        iroh_blobs::BlobsProtocol::new(&self.blobs, events)
+    }
+
+    /// Runs a get request on a connection to a provider, writing what
+    /// arrives into the store, verified chunk by chunk while streaming.
+    pub fn execute_get(
+        &self,
+        conn: impl iroh_blobs::api::remote::GetStreamPair,
+        request: iroh_blobs::protocol::GetRequest,
+    ) -> iroh_blobs::api::remote::GetProgress {
+        self.blobs.remote().execute_get(conn, request)
+    }
+
+    /// The byte ranges of `hash` held and verified now.
+    pub async fn local_ranges(
+        &self,
+        hash: Hash,
+    ) -> Result<iroh_blobs::protocol::ChunkRanges, ReadError> {
+        Ok(self
+            .blobs
+            .blobs()
+            .observe(hash)
+            .await
+            .map_err(store_err)?
+            .ranges)
     }
 
     /// Flushes and stops the store. Call before the process exits so that
@@ -177,6 +214,9 @@ impl Store {
 
     /// Reads the hash sequence of `root`: the manifest hash, then file hashes.
     pub async fn hash_seq(&self, root: Hash) -> Result<Vec<Hash>, ReadError> {
+        if !self.has_complete(root).await? {
+            return Err(ReadError::NotFound(root));
+        }
         let bytes = self
             .blobs
             .blobs()
@@ -265,7 +305,7 @@ impl Store {
         let manifest = match self.manifest(root).await {
             Ok(m) => m,
             Err(ReadError::MissingManifest) => return Ok(None),
-            Err(ReadError::Store(_)) if !self.has_complete(root).await? => return Ok(None),
+            Err(ReadError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut local_bytes = 0;
@@ -372,6 +412,6 @@ fn tag_name(root: Hash) -> String {
     format!("{TAG_PREFIX}{}", root.to_hex())
 }
 
-fn store_err(e: impl std::fmt::Display) -> ReadError {
-    ReadError::Store(e.to_string())
+fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> ReadError {
+    ReadError::Store(Box::new(e))
 }

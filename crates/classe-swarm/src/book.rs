@@ -42,9 +42,9 @@ pub struct BookConfig {
     pub lookup_max_every: Duration,
     /// DHT lookups run only while fewer peers than this are connected:
     /// with a few peers, peer exchange finds the rest, and each lookup
-    /// opens discovery connections to the providers it names (the lab
-    /// measured the mesh this makes in a class of 30 at ~+12 % makespan
-    /// when every pupil looked up).
+    /// opens discovery connections to the providers it names (the mesh
+    /// this makes when every pupil looks up costs makespan:
+    /// docs/benchmarks.md, "Why the scheduler's rules").
     pub lookup_below_peers: usize,
     /// With discovery running, how long a download with no peer, no dial
     /// in progress and nobody left to dial waits for a provider to turn

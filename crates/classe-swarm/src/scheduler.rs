@@ -15,14 +15,11 @@ pub struct Config {
     /// peer gets something to share quickly, and peers starting together
     /// do not all chase the same rare piece.
     pub random_first: PieceId,
-    /// Fewest requests kept in flight per peer. One: in a class of 30,
-    /// two per peer meant each pupil kept 58 pieces (15 MB) queued at
-    /// classmates whose uplinks give it ~1 MB/s, every uploader's line
-    /// grew to ~12 s, pieces spread that much later and the endgame
-    /// turned to the teacher (lab: 1.4-1.5 copies from it, 67-71 s; with
-    /// one, 1.00 copies and 58 s). A single total for all peers (at least
-    /// 32 in flight) was tried too: 62-66 s, and slow classmates can hold
-    /// its slots for minutes.
+    /// Fewest requests kept in flight per peer. One: with more, each
+    /// pupil keeps many pieces queued at classmates' slow uplinks, every
+    /// uploader's line grows, pieces spread later and the endgame turns
+    /// to the teacher. The measurements behind this and the rules below:
+    /// docs/benchmarks.md, "Why the scheduler's rules".
     pub min_pipeline: usize,
     /// Most requests kept in flight per peer.
     pub max_pipeline: usize,
@@ -140,9 +137,9 @@ struct Peer {
     /// It had every piece when we first heard what it has: the teacher or
     /// a school seed, whose uplink the class spares. A classmate who
     /// finished while we watched is not one: its uplink is as free as
-    /// anyone's. (Treating finished pupils as seeds sent slow pupils to
-    /// each other's 1 Mbit/s uplinks while twenty finished classmates sat
-    /// idle: lab, a third of the class slow, 307 s.)
+    /// anyone's (treating finished pupils as seeds sent slow pupils to
+    /// each other's slow uplinks while finished classmates sat idle;
+    /// docs/benchmarks.md, "Why the scheduler's rules").
     seed: bool,
     /// piece → when it was requested
     in_flight: BTreeMap<PieceId, Duration>,
@@ -549,7 +546,7 @@ impl<P: Clone + Ord + Debug> Scheduler<P> {
             if alone {
                 // A single source: nobody to diversify for, and iroh-blobs
                 // reads a file faster in order than in random order
-                // (measured: 0.81 vs 0.70 of a whole-blob get).
+                // (docs/benchmarks.md, single-peer loopback).
                 best = Some((0, i));
                 break;
             }

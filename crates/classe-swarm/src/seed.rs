@@ -14,8 +14,8 @@
 //! admitted: a seed queues up to ten seconds of requests, which at the
 //! start of a class is half a lesson, so counting at admission let every
 //! piece look "sent once" long before most had left, and second copies
-//! went out while first ones were still queued (lab, N = 30: the teacher
-//! sent 1.45-1.7 copies).
+//! went out while first ones were still queued (docs/benchmarks.md, "Why
+//! the scheduler's rules").
 
 use std::time::Duration;
 
@@ -40,13 +40,11 @@ pub struct SeedPolicy {
 /// for pieces no classmate has (see the scheduler), so in a healthy class
 /// no such request comes.
 ///
-/// Earlier rules, measured in the lab (N = 30): "no piece twice before
-/// every piece once" let the whole lesson go a second time the moment the
-/// first round ended, to pupils asking for the pieces that had just left
-/// (teacher: 1.35 copies); a piece refused 32 times in a row was sent
-/// anyway, which a class of 30 reaches in a second or two (1.45 copies).
-/// Some resend rule is needed: without one a class stalls when the pupils
-/// holding the only copies of a piece leave (seen in the lab's churn run).
+/// Earlier rules ("no piece twice before every piece once", "a piece
+/// refused 32 times is sent anyway") sent the lesson more than once
+/// (docs/benchmarks.md, "Why the scheduler's rules"). Some resend rule is
+/// needed: without one a class stalls when the pupils holding the only
+/// copies of a piece leave (the lab's churn run).
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 
 impl SeedPolicy {
