@@ -6,11 +6,7 @@
 //! the later ones fetch mostly from classmates. At the end every output is
 //! compared with the source, and the table shows who sent how many bytes.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use clap::Args;
 use classe_bundle::{ProviderInfo, Ticket};
@@ -95,55 +91,8 @@ async fn stop(mut child: Child) {
 
 /// A sample lesson: a few documents and some larger "video" parts.
 fn make_lesson(dir: &Path, size_mb: u16) -> Result<(), Exit> {
-    let io = |e| Exit::new(IO, format!("demo: cannot write the sample lesson: {e}"));
-    std::fs::create_dir_all(dir.join("exercices")).map_err(io)?;
-    std::fs::write(
-        dir.join("README.txt"),
-        "Leçon de démonstration: les fractions.\nLisez le cours, puis faites les exercices.\n",
-    )
-    .map_err(io)?;
-    std::fs::write(
-        dir.join("exercices/série 1.txt"),
-        "1. Simplifiez 6/8.\n2. Additionnez 1/3 et 1/6.\n",
-    )
-    .map_err(io)?;
-    let parts = 8u64;
-    let part_size = (size_mb as u64 * 1_000_000).div_ceil(parts);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..parts {
-        let mut data = Vec::with_capacity(part_size as usize + 8);
-        while (data.len() as u64) < part_size {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            data.extend_from_slice(&x.to_le_bytes());
-        }
-        data.truncate(part_size as usize);
-        std::fs::write(dir.join(format!("vidéo-partie-{i}.bin")), data).map_err(io)?;
-    }
-    Ok(())
-}
-
-fn same_tree(a: &Path, b: &Path) -> bool {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(root, &path, out)?;
-            } else {
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-                out.push((rel, std::fs::read(&path)?));
-            }
-        }
-        Ok(())
-    }
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    if walk(a, a, &mut x).is_err() || walk(b, b, &mut y).is_err() {
-        return false;
-    }
-    x.sort();
-    y.sort();
-    x == y
+    classe_testkit::lesson::sample_lesson(dir, size_mb as u64 * 1_000_000, 8)
+        .map_err(|e| Exit::new(IO, format!("demo: cannot write the sample lesson: {e}")))
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Exit> {
@@ -214,7 +163,7 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         let (child, line) = spawn_first_line(fetch, "classe fetch").await?;
         let summary: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| Exit::new(INTERNAL, format!("demo: {name} printed no summary: {e}")))?;
-        if !same_tree(&lesson, &out_dir) {
+        if !classe_testkit::tree::same_tree(&lesson, &out_dir) {
             return Err(Exit::new(
                 INTERNAL,
                 format!("demo: {name}'s copy differs from the lesson"),
