@@ -119,7 +119,36 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         args.pupils,
         args.size_mb
     );
+    let (teacher, key, mut ticket) = start_teacher(args, root, &lesson).await?;
+    let teacher_id = hex(&ticket.providers[0].node_id);
 
+    let mut names = vec![(teacher_id, "teacher".to_string())];
+    let mut pupils = Vec::new();
+    let mut rows = Vec::new();
+    for i in 1..=args.pupils {
+        let name = format!("pupil-{i}");
+        let (child, summary) = fetch_pupil(root, &name, &key, &mut ticket).await?;
+        let node_id = summary["node_id"].as_str().unwrap_or_default().to_string();
+        names.push((node_id, name.clone()));
+        rows.push((name, summary));
+        pupils.push(child);
+    }
+
+    for child in pupils {
+        stop(child).await;
+    }
+    stop(teacher).await;
+    report(args, root, &names, &rows);
+    Ok(())
+}
+
+/// `classe id` and `classe share` for the teacher: its process, its
+/// author key and the ticket it printed.
+async fn start_teacher(
+    args: &DemoArgs,
+    root: &Path,
+    lesson: &Path,
+) -> Result<(Child, String, Ticket), Exit> {
     let teacher_home = root.join("teacher");
     let mut id = classe(&teacher_home)?;
     let out = tokio::time::timeout(STEP, id.arg("id").output())
@@ -131,73 +160,78 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
     let mut share = classe(&teacher_home)?;
     share
         .arg("share")
-        .arg(&lesson)
+        .arg(lesson)
         .args(["--title", "Les fractions", "--bind", "127.0.0.1:0"])
         .arg("--max-upload")
         .arg(args.teacher_upload.to_string())
         .arg("--stats")
         .arg(root.join("teacher-stats.json"));
     let (teacher, ticket_line) = spawn_first_line(share, "classe share").await?;
-    let mut ticket: Ticket = ticket_line
+    let ticket: Ticket = ticket_line
         .parse()
         .map_err(|e| Exit::new(INTERNAL, format!("demo: bad ticket from share: {e}")))?;
-    let teacher_id = hex(&ticket.providers[0].node_id);
     eprintln!("Teacher shares; ticket: {ticket_line}");
+    Ok((teacher, key, ticket))
+}
 
-    let mut names = vec![(teacher_id.clone(), "teacher".to_string())];
-    let mut pupils = Vec::new();
-    let mut rows = Vec::new();
-    for i in 1..=args.pupils {
-        let name = format!("pupil-{i}");
-        let home = root.join(&name);
-        let out_dir = root.join(format!("{name}-lesson"));
-        let mut fetch = classe(&home)?;
-        fetch
-            .arg("fetch")
-            .arg(ticket.to_string())
-            .args(["--trust", &key, "--json", "--bind", "127.0.0.1:0"])
-            .arg("--out")
-            .arg(&out_dir)
-            .arg("--stats")
-            .arg(root.join(format!("{name}-stats.json")));
-        let (child, line) = spawn_first_line(fetch, "classe fetch").await?;
-        let summary: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| Exit::new(INTERNAL, format!("demo: {name} printed no summary: {e}")))?;
-        if !classe_testkit::tree::same_tree(&lesson, &out_dir) {
-            return Err(Exit::new(
-                INTERNAL,
-                format!("demo: {name}'s copy differs from the lesson"),
-            ));
-        }
-        let node_id = summary["node_id"].as_str().unwrap_or_default().to_string();
-        names.push((node_id.clone(), name.clone()));
-        eprintln!(
-            "{name} has the lesson after {:.1}s, verified; it now shares it too.",
-            summary["seconds"].as_f64().unwrap_or(0.0)
-        );
-        // Later pupils also know this one.
-        if let Ok(node_id) = data_encoding::HEXLOWER.decode(node_id.as_bytes()) {
-            if let Ok(node_id) = <[u8; 32]>::try_from(node_id) {
-                let addrs = serde_json::from_value(summary["addrs"].clone()).unwrap_or_default();
-                if ticket.providers.len() < classe_bundle::ticket::MAX_PROVIDERS {
-                    ticket.providers.push(ProviderInfo {
-                        node_id,
-                        addrs,
-                        relay_url: None,
-                        control_port: None,
-                    });
-                }
+/// One pupil fetches with `ticket`, its copy is compared with the lesson,
+/// and it is added to `ticket` for the pupils after it. Returns its
+/// process (still seeding) and its `--json` summary.
+async fn fetch_pupil(
+    root: &Path,
+    name: &str,
+    key: &str,
+    ticket: &mut Ticket,
+) -> Result<(Child, serde_json::Value), Exit> {
+    let home = root.join(name);
+    let out_dir = root.join(format!("{name}-lesson"));
+    let mut fetch = classe(&home)?;
+    fetch
+        .arg("fetch")
+        .arg(ticket.to_string())
+        .args(["--trust", key, "--json", "--bind", "127.0.0.1:0"])
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--stats")
+        .arg(root.join(format!("{name}-stats.json")));
+    let (child, line) = spawn_first_line(fetch, "classe fetch").await?;
+    let summary: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| Exit::new(INTERNAL, format!("demo: {name} printed no summary: {e}")))?;
+    if !classe_testkit::tree::same_tree(&root.join("lesson"), &out_dir) {
+        return Err(Exit::new(
+            INTERNAL,
+            format!("demo: {name}'s copy differs from the lesson"),
+        ));
+    }
+    eprintln!(
+        "{name} has the lesson after {:.1}s, verified; it now shares it too.",
+        summary["seconds"].as_f64().unwrap_or(0.0)
+    );
+    // Later pupils also know this one.
+    let node_id = summary["node_id"].as_str().unwrap_or_default();
+    if let Ok(node_id) = data_encoding::HEXLOWER.decode(node_id.as_bytes()) {
+        if let Ok(node_id) = <[u8; 32]>::try_from(node_id) {
+            let addrs = serde_json::from_value(summary["addrs"].clone()).unwrap_or_default();
+            if ticket.providers.len() < classe_bundle::ticket::MAX_PROVIDERS {
+                ticket.providers.push(ProviderInfo {
+                    node_id,
+                    addrs,
+                    relay_url: None,
+                    control_port: None,
+                });
             }
         }
-        rows.push((name, summary));
-        pupils.push(child);
     }
+    Ok((child, summary))
+}
 
-    for child in pupils {
-        stop(child).await;
-    }
-    stop(teacher).await;
-
+/// The tables on stdout: who each pupil received from, who sent what.
+fn report(
+    args: &DemoArgs,
+    root: &Path,
+    names: &[(String, String)],
+    rows: &[(String, serde_json::Value)],
+) {
     let name_of = |id: &str| {
         names
             .iter()
@@ -206,7 +240,7 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
             .unwrap_or_else(|| id[..8.min(id.len())].to_string())
     };
     println!("{:<10} {:>8}  received from", "pupil", "seconds");
-    for (name, summary) in &rows {
+    for (name, summary) in rows {
         let from: Vec<String> = summary["per_provider"]
             .as_object()
             .map(|m| {
@@ -230,12 +264,8 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         .unwrap_or(0);
     println!();
     println!("{:<10} {:>12}", "sender", "bytes sent");
-    for (_, name) in &names {
-        let file = if name == "teacher" {
-            root.join("teacher-stats.json")
-        } else {
-            root.join(format!("{name}-stats.json"))
-        };
+    for (_, name) in names {
+        let file = root.join(format!("{name}-stats.json"));
         let sent = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -254,7 +284,6 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         "\nEvery copy was verified byte for byte against the teacher's folder. A central server would have sent {:.0} copies.",
         args.pupils
     );
-    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
