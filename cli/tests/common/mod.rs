@@ -15,7 +15,7 @@ pub use classe_testkit::{
     lesson::make_lesson,
     process::{first_line, run_with_timeout, Guard},
     pseudo_random,
-    tree::tree,
+    tree::{flip_bytes, tree},
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_classe");

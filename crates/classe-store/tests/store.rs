@@ -5,21 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     fs,
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
-use classe_bundle::{AuthorSecret, Manifest};
-use classe_store::{
-    iroh_blobs::{api::blobs::AddBytesOptions, BlobFormat, Hash},
-    BlobCheck, ExportError, ImportOptions, Imported, Store,
-};
+use classe_bundle::AuthorSecret;
+use classe_store::{iroh_blobs::Hash, BlobCheck, ExportError, ImportOptions, Imported, Store};
 use classe_testkit::{
     lesson::{make_lesson, write_file},
     pseudo_random,
-    tree::tree,
+    tree::{flip_bytes, tree},
 };
 
 /// A store in `dir/store` and a lesson of `big` bytes in `dir/lesson`.
@@ -113,7 +111,7 @@ async fn list_says_what_is_complete_and_remove_forgets_a_bundle() {
     let other = import(&other_store, &other, &secret).await;
     other_store.shutdown().await;
     let manifest = other.manifest.manifest();
-    let partial = put_header(&store, &other.manifest.to_bytes(), manifest).await;
+    let partial = common::pin_header(&store, other.manifest.to_bytes(), &manifest.files).await;
     assert_eq!(partial, other.root, "the same bytes, the same root");
 
     let list = store.list().await.unwrap();
@@ -184,27 +182,6 @@ async fn a_damaged_file_on_disk_is_found_and_not_exported() {
     store.shutdown().await;
 }
 
-/// Adds a bundle's manifest and hash sequence (not its files) to `store`
-/// and pins it, as a fetch does before the content arrives.
-async fn put_header(store: &Store, manifest_bytes: &[u8], manifest: &Manifest) -> Hash {
-    let blobs = store.blobs();
-    let manifest_hash = blobs.add_bytes(manifest_bytes.to_vec()).await.unwrap().hash;
-    let mut seq = manifest_hash.as_bytes().to_vec();
-    for f in &manifest.files {
-        seq.extend_from_slice(&f.hash);
-    }
-    let root = blobs
-        .add_bytes_with_opts(AddBytesOptions {
-            data: seq.into(),
-            format: BlobFormat::HashSeq,
-        })
-        .await
-        .unwrap()
-        .hash;
-    store.pin(root).await.unwrap();
-    root
-}
-
 /// The largest `<hash>.data` file of the store in `dir`.
 fn largest_data_file(dir: &Path) -> PathBuf {
     fs::read_dir(dir.join("blobs/data"))
@@ -213,20 +190,4 @@ fn largest_data_file(dir: &Path) -> PathBuf {
         .filter(|p| p.extension().is_some_and(|x| x == "data"))
         .max_by_key(|p| fs::metadata(p).unwrap().len())
         .expect("no data file in the store")
-}
-
-/// Inverts `len` bytes at `offset` of `path`, in place.
-fn flip_bytes(path: &Path, offset: u64, len: usize) {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).unwrap();
-    for b in &mut buf {
-        *b = !*b;
-    }
-    file.write_all_at(&buf, offset).unwrap();
-    file.sync_all().unwrap();
 }

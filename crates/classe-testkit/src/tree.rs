@@ -53,6 +53,26 @@ pub fn assert_same_tree(want: &Path, got: &Path, who: &str) {
     }
 }
 
+/// Inverts `len` bytes at `offset` of `path`, in place (and synced), as
+/// a failing disk or a tamperer would. Panics on an I/O error.
+pub fn flip_bytes(path: &Path, offset: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let flip = || -> io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        for b in &mut buf {
+            *b = !*b;
+        }
+        file.write_all_at(&buf, offset)?;
+        file.sync_all()
+    };
+    flip().unwrap_or_else(|e| panic!("cannot flip bytes in {}: {e}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +93,14 @@ mod tests {
         write_file(b.path(), "x/extra", b"").unwrap();
         assert!(!same_tree(a.path(), b.path()));
         assert!(!same_tree(a.path(), &b.path().join("missing")));
+    }
+
+    #[test]
+    fn flip_bytes_inverts_only_the_range() {
+        let d = tempfile::tempdir().unwrap();
+        write_file(d.path(), "f", &[0, 1, 2, 3]).unwrap();
+        flip_bytes(&d.path().join("f"), 1, 2);
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), [0, !1, !2, 3]);
     }
 
     #[test]
