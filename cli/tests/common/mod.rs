@@ -13,7 +13,7 @@ use std::{
 
 pub use classe_testkit::{
     lesson::make_lesson,
-    process::{first_line, run_with_timeout, Guard},
+    process::{first_line, run_with_timeout, Guard, Running},
     pseudo_random,
     tree::{flip_bytes, tree},
 };
