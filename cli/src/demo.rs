@@ -6,11 +6,7 @@
 //! the later ones fetch mostly from classmates. At the end every output is
 //! compared with the source, and the table shows who sent how many bytes.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use clap::Args;
 use classe_bundle::{ProviderInfo, Ticket};
@@ -95,55 +91,8 @@ async fn stop(mut child: Child) {
 
 /// A sample lesson: a few documents and some larger "video" parts.
 fn make_lesson(dir: &Path, size_mb: u16) -> Result<(), Exit> {
-    let io = |e| Exit::new(IO, format!("demo: cannot write the sample lesson: {e}"));
-    std::fs::create_dir_all(dir.join("exercices")).map_err(io)?;
-    std::fs::write(
-        dir.join("README.txt"),
-        "Leçon de démonstration: les fractions.\nLisez le cours, puis faites les exercices.\n",
-    )
-    .map_err(io)?;
-    std::fs::write(
-        dir.join("exercices/série 1.txt"),
-        "1. Simplifiez 6/8.\n2. Additionnez 1/3 et 1/6.\n",
-    )
-    .map_err(io)?;
-    let parts = 8u64;
-    let part_size = (size_mb as u64 * 1_000_000).div_ceil(parts);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..parts {
-        let mut data = Vec::with_capacity(part_size as usize + 8);
-        while (data.len() as u64) < part_size {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            data.extend_from_slice(&x.to_le_bytes());
-        }
-        data.truncate(part_size as usize);
-        std::fs::write(dir.join(format!("vidéo-partie-{i}.bin")), data).map_err(io)?;
-    }
-    Ok(())
-}
-
-fn same_tree(a: &Path, b: &Path) -> bool {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(root, &path, out)?;
-            } else {
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-                out.push((rel, std::fs::read(&path)?));
-            }
-        }
-        Ok(())
-    }
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    if walk(a, a, &mut x).is_err() || walk(b, b, &mut y).is_err() {
-        return false;
-    }
-    x.sort();
-    y.sort();
-    x == y
+    classe_testkit::lesson::sample_lesson(dir, size_mb as u64 * 1_000_000, 8)
+        .map_err(|e| Exit::new(IO, format!("demo: cannot write the sample lesson: {e}")))
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Exit> {
@@ -170,7 +119,36 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         args.pupils,
         args.size_mb
     );
+    let (teacher, key, mut ticket) = start_teacher(args, root, &lesson).await?;
+    let teacher_id = hex(&ticket.providers[0].node_id);
 
+    let mut names = vec![(teacher_id, "teacher".to_string())];
+    let mut pupils = Vec::new();
+    let mut rows = Vec::new();
+    for i in 1..=args.pupils {
+        let name = format!("pupil-{i}");
+        let (child, summary) = fetch_pupil(root, &name, &key, &mut ticket).await?;
+        let node_id = summary["node_id"].as_str().unwrap_or_default().to_string();
+        names.push((node_id, name.clone()));
+        rows.push((name, summary));
+        pupils.push(child);
+    }
+
+    for child in pupils {
+        stop(child).await;
+    }
+    stop(teacher).await;
+    report(args, root, &names, &rows);
+    Ok(())
+}
+
+/// `classe id` and `classe share` for the teacher: its process, its
+/// author key and the ticket it printed.
+async fn start_teacher(
+    args: &DemoArgs,
+    root: &Path,
+    lesson: &Path,
+) -> Result<(Child, String, Ticket), Exit> {
     let teacher_home = root.join("teacher");
     let mut id = classe(&teacher_home)?;
     let out = tokio::time::timeout(STEP, id.arg("id").output())
@@ -182,73 +160,78 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
     let mut share = classe(&teacher_home)?;
     share
         .arg("share")
-        .arg(&lesson)
+        .arg(lesson)
         .args(["--title", "Les fractions", "--bind", "127.0.0.1:0"])
         .arg("--max-upload")
         .arg(args.teacher_upload.to_string())
         .arg("--stats")
         .arg(root.join("teacher-stats.json"));
     let (teacher, ticket_line) = spawn_first_line(share, "classe share").await?;
-    let mut ticket: Ticket = ticket_line
+    let ticket: Ticket = ticket_line
         .parse()
         .map_err(|e| Exit::new(INTERNAL, format!("demo: bad ticket from share: {e}")))?;
-    let teacher_id = hex(&ticket.providers[0].node_id);
     eprintln!("Teacher shares; ticket: {ticket_line}");
+    Ok((teacher, key, ticket))
+}
 
-    let mut names = vec![(teacher_id.clone(), "teacher".to_string())];
-    let mut pupils = Vec::new();
-    let mut rows = Vec::new();
-    for i in 1..=args.pupils {
-        let name = format!("pupil-{i}");
-        let home = root.join(&name);
-        let out_dir = root.join(format!("{name}-lesson"));
-        let mut fetch = classe(&home)?;
-        fetch
-            .arg("fetch")
-            .arg(ticket.to_string())
-            .args(["--trust", &key, "--json", "--bind", "127.0.0.1:0"])
-            .arg("--out")
-            .arg(&out_dir)
-            .arg("--stats")
-            .arg(root.join(format!("{name}-stats.json")));
-        let (child, line) = spawn_first_line(fetch, "classe fetch").await?;
-        let summary: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| Exit::new(INTERNAL, format!("demo: {name} printed no summary: {e}")))?;
-        if !same_tree(&lesson, &out_dir) {
-            return Err(Exit::new(
-                INTERNAL,
-                format!("demo: {name}'s copy differs from the lesson"),
-            ));
-        }
-        let node_id = summary["node_id"].as_str().unwrap_or_default().to_string();
-        names.push((node_id.clone(), name.clone()));
-        eprintln!(
-            "{name} has the lesson after {:.1}s, verified; it now shares it too.",
-            summary["seconds"].as_f64().unwrap_or(0.0)
-        );
-        // Later pupils also know this one.
-        if let Ok(node_id) = data_encoding::HEXLOWER.decode(node_id.as_bytes()) {
-            if let Ok(node_id) = <[u8; 32]>::try_from(node_id) {
-                let addrs = serde_json::from_value(summary["addrs"].clone()).unwrap_or_default();
-                if ticket.providers.len() < classe_bundle::ticket::MAX_PROVIDERS {
-                    ticket.providers.push(ProviderInfo {
-                        node_id,
-                        addrs,
-                        relay_url: None,
-                        control_port: None,
-                    });
-                }
+/// One pupil fetches with `ticket`, its copy is compared with the lesson,
+/// and it is added to `ticket` for the pupils after it. Returns its
+/// process (still seeding) and its `--json` summary.
+async fn fetch_pupil(
+    root: &Path,
+    name: &str,
+    key: &str,
+    ticket: &mut Ticket,
+) -> Result<(Child, serde_json::Value), Exit> {
+    let home = root.join(name);
+    let out_dir = root.join(format!("{name}-lesson"));
+    let mut fetch = classe(&home)?;
+    fetch
+        .arg("fetch")
+        .arg(ticket.to_string())
+        .args(["--trust", key, "--json", "--bind", "127.0.0.1:0"])
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--stats")
+        .arg(root.join(format!("{name}-stats.json")));
+    let (child, line) = spawn_first_line(fetch, "classe fetch").await?;
+    let summary: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| Exit::new(INTERNAL, format!("demo: {name} printed no summary: {e}")))?;
+    if !classe_testkit::tree::same_tree(&root.join("lesson"), &out_dir) {
+        return Err(Exit::new(
+            INTERNAL,
+            format!("demo: {name}'s copy differs from the lesson"),
+        ));
+    }
+    eprintln!(
+        "{name} has the lesson after {:.1}s, verified; it now shares it too.",
+        summary["seconds"].as_f64().unwrap_or(0.0)
+    );
+    // Later pupils also know this one.
+    let node_id = summary["node_id"].as_str().unwrap_or_default();
+    if let Ok(node_id) = data_encoding::HEXLOWER.decode(node_id.as_bytes()) {
+        if let Ok(node_id) = <[u8; 32]>::try_from(node_id) {
+            let addrs = serde_json::from_value(summary["addrs"].clone()).unwrap_or_default();
+            if ticket.providers.len() < classe_bundle::ticket::MAX_PROVIDERS {
+                ticket.providers.push(ProviderInfo {
+                    node_id,
+                    addrs,
+                    relay_url: None,
+                    control_port: None,
+                });
             }
         }
-        rows.push((name, summary));
-        pupils.push(child);
     }
+    Ok((child, summary))
+}
 
-    for child in pupils {
-        stop(child).await;
-    }
-    stop(teacher).await;
-
+/// The tables on stdout: who each pupil received from, who sent what.
+fn report(
+    args: &DemoArgs,
+    root: &Path,
+    names: &[(String, String)],
+    rows: &[(String, serde_json::Value)],
+) {
     let name_of = |id: &str| {
         names
             .iter()
@@ -257,7 +240,7 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
             .unwrap_or_else(|| id[..8.min(id.len())].to_string())
     };
     println!("{:<10} {:>8}  received from", "pupil", "seconds");
-    for (name, summary) in &rows {
+    for (name, summary) in rows {
         let from: Vec<String> = summary["per_provider"]
             .as_object()
             .map(|m| {
@@ -281,12 +264,8 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         .unwrap_or(0);
     println!();
     println!("{:<10} {:>12}", "sender", "bytes sent");
-    for (_, name) in &names {
-        let file = if name == "teacher" {
-            root.join("teacher-stats.json")
-        } else {
-            root.join(format!("{name}-stats.json"))
-        };
+    for (_, name) in names {
+        let file = root.join(format!("{name}-stats.json"));
         let sent = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -305,7 +284,6 @@ async fn classroom(args: &DemoArgs, root: &Path) -> Result<(), Exit> {
         "\nEvery copy was verified byte for byte against the teacher's folder. A central server would have sent {:.0} copies.",
         args.pupils
     );
-    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

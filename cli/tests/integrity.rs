@@ -50,23 +50,6 @@ fn largest_data_file(user: &User) -> PathBuf {
         .expect("no data file in the store")
 }
 
-/// Inverts `len` bytes at `offset` of `path`, in place.
-fn flip_bytes(path: &Path, offset: u64, len: usize) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).unwrap();
-    for b in &mut buf {
-        *b = !*b;
-    }
-    file.write_all_at(&buf, offset).unwrap();
-    file.sync_all().unwrap();
-}
-
 fn root_hex(ticket: &str) -> String {
     let ticket: Ticket = ticket.parse().unwrap();
     classe_store::iroh_blobs::Hash::from_bytes(ticket.root)

@@ -10,7 +10,6 @@ mod common;
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     os::unix::{
         fs::{FileExt, MetadataExt, PermissionsExt},
         process::CommandExt,
@@ -19,7 +18,7 @@ use std::{
     process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc,
+        Arc,
     },
 };
 
@@ -162,14 +161,7 @@ fn share_unprivileged(user: &User, path: &Path, as_nobody: bool) -> (Sharer, Str
         .stderr(Stdio::piped());
     prepare(&mut cmd);
     let mut child = Guard(cmd.spawn().expect("spawn classe share"));
-    let child_stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(child_stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let ticket = rx.recv_timeout(STEP_TIMEOUT).unwrap_or_default();
+    let ticket = first_line(&mut child.0, STEP_TIMEOUT).unwrap_or_default();
     let ticket = ticket.trim().to_string();
     if !ticket.starts_with("classe") {
         let mut sharer = Sharer { child, ticket };

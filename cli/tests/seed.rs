@@ -7,12 +7,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::Stdio,
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use common::*;
 
@@ -49,73 +44,44 @@ fn follow_lists_adds_and_removes_keys() {
     );
 }
 
-/// A running `classe seed`: its stdout lines arrive on a channel.
+/// A running `classe seed` (the kit's harness: stdout lines on a
+/// channel, stderr kept, ended by its pid on drop).
 struct SeedProcess {
-    child: Guard,
-    lines: mpsc::Receiver<String>,
+    child: Running,
     bootstrap: String,
 }
 
 impl SeedProcess {
     fn start(user: &User, extra: &[&str]) -> Self {
         let mut cmd = user.cmd();
-        cmd.args(["seed", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = Guard(cmd.spawn().expect("spawn classe seed"));
-        let stdout = child.0.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::sync_channel(256);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let bootstrap = lines
-            .recv_timeout(STEP_TIMEOUT)
+        cmd.args(["seed", "--listen", "127.0.0.1:0"]).args(extra);
+        let child = Running::spawn(cmd, "classe seed".into());
+        let bootstrap = child
+            .line_within(STEP_TIMEOUT)
             .expect("seed printed no address");
         assert!(
             bootstrap.starts_with("/ip4/127.0.0.1/tcp/") && bootstrap.contains("/p2p/"),
             "not a bootstrap address: {bootstrap:?}"
         );
-        Self {
-            child,
-            lines,
-            bootstrap,
-        }
+        Self { child, bootstrap }
     }
 
     /// The next JSON event whose "event" is `kind`, within `limit`.
     fn event(&self, kind: &str, limit: Duration) -> serde_json::Value {
-        let start = Instant::now();
-        while let Some(left) = limit.checked_sub(start.elapsed()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["event"] == kind {
-                    return v;
-                }
-            }
+        match self.child.event_within(kind, limit) {
+            Some((v, _)) => v,
+            None => panic!("no {kind} event within {limit:?}"),
         }
-        panic!("no {kind} event within {limit:?}");
     }
 
     /// SIGTERM; the exit status and stderr.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
-        self.child.signal_term();
+        self.child.terminate();
         let status = self
             .child
             .wait_timeout(STEP_TIMEOUT)
             .expect("seed did not stop");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.0.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        (status, err)
+        (status, self.child.stderr_within(Duration::from_secs(5)))
     }
 }
 

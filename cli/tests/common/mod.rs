@@ -3,20 +3,25 @@
 //! when its guard drops, and every folder lives in a temp dir removed at
 //! the end of the test.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+pub use classe_testkit::{
+    lesson::make_lesson,
+    process::{first_line, run_with_timeout, Guard, Running},
+    pseudo_random,
+    tree::{flip_bytes, tree},
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_classe");
 
 /// Upper bound for any single step; a step that takes longer is a failure.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+pub const STEP_TIMEOUT: Duration = classe_testkit::process::STEP;
 
 /// One user of classe: a home folder.
 pub struct User {
@@ -80,15 +85,7 @@ impl User {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = Guard(cmd.spawn().expect("spawn classe share"));
-        let stdout = child.0.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let ticket = rx
-            .recv_timeout(STEP_TIMEOUT)
+        let ticket = first_line(&mut child.0, STEP_TIMEOUT)
             .expect("share printed no ticket in time")
             .trim()
             .to_string();
@@ -120,119 +117,12 @@ impl Sharer {
     }
 }
 
-/// Kills the child by pid on drop, so no test leaves a process behind.
-pub struct Guard(pub Child);
-
-impl Guard {
-    pub fn signal_term(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn classe");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for classe"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("classe did not finish within {limit:?}");
-        }
-    }
-}
-
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Every regular file under `root`, as (relative path, content).
-pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            let meta = std::fs::symlink_metadata(&path).expect("meta");
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let rel = path
-                    .strip_prefix(root)
-                    .expect("prefix")
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.push((rel, std::fs::read(&path).expect("read")));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A lesson folder with nested folders, a non-ASCII name, an empty file and
-/// a file of `big` bytes.
-pub fn make_lesson(dir: &Path, big: usize) {
-    std::fs::create_dir_all(dir.join("chapitre 1/exercices")).expect("mkdir");
-    std::fs::write(dir.join("README.txt"), "Bonjour la classe\n").expect("write");
-    std::fs::write(
-        dir.join("chapitre 1/résumé — été.txt"),
-        "Les fractions ½ ¾\n",
-    )
-    .expect("write");
-    std::fs::write(dir.join("chapitre 1/exercices/vide.txt"), "").expect("write");
-    std::fs::write(dir.join("vidéo.bin"), pseudo_random(big, 42)).expect("write");
 }
 
 /// Staging folders an export left in `dir` (there should be none).

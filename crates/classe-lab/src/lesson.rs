@@ -31,10 +31,9 @@ impl Lesson {
             .tempdir_in(root)
             .with_context(|| format!("cannot create a folder in {}", root.display()))?;
         crate::register_path(dir.path());
-        let mut rng = SplitMix64(seed);
+        let mut rng = classe_testkit::Rng::new(seed);
         let mut list = Vec::with_capacity(files);
         let base = total / files as u64;
-        let mut buf = vec![0u8; 1 << 20];
         for i in 0..files {
             let size = if i + 1 == files {
                 total - base * (files as u64 - 1)
@@ -51,16 +50,7 @@ impl Lesson {
                 std::fs::File::create(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?,
             );
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                for chunk in buf[..n].chunks_mut(8) {
-                    let word = rng.next().to_le_bytes();
-                    chunk.copy_from_slice(&word[..chunk.len()]);
-                }
-                f.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
+            rng.write(&mut f, size)?;
             f.flush()?;
             list.push((name, size));
         }
@@ -158,20 +148,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// A small, fast, seedable generator (SplitMix64): incompressible enough
-/// that no transport can shrink the lesson, and repeatable.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]

@@ -395,10 +395,9 @@ fn scenarios(args: &RunArgs) -> Result<Vec<Scenario>> {
         .collect()
 }
 
+/// `classe` next to this binary (`target/debug/classe-lab`).
 fn default_classe() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.join("classe");
-    p.is_file().then_some(p)
+    classe_testkit::bin::next_to_exe("classe")
 }
 
 async fn run(args: RunArgs) -> Result<bool> {

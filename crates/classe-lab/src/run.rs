@@ -707,7 +707,18 @@ pub async fn run_scenario(cfg: &RunConfig, lesson: &Lesson, probe: &Probe) -> Re
         .tempdir_in(&cfg.work_root)
         .with_context(|| format!("cannot create a folder in {}", cfg.work_root.display()))?;
     crate::register_path(work.path());
-    let result = run_in(cfg, lesson, &tag, work.path(), delay, f, date, wall).await;
+    let mut ctx = RunCtx {
+        cfg,
+        lesson,
+        work: work.path(),
+        delay,
+        f,
+        n,
+        date,
+        wall,
+        base_env: Vec::new(),
+    };
+    let result = run_in(&mut ctx, &tag).await;
     if cfg.keep {
         let kept = work.keep();
         crate::unregister_path(&kept);
@@ -719,19 +730,129 @@ pub async fn run_scenario(cfg: &RunConfig, lesson: &Lesson, probe: &Probe) -> Re
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_in(
-    cfg: &RunConfig,
-    lesson: &Lesson,
-    tag: &str,
-    work: &Path,
+/// What every phase of one run reads: the configuration, the lesson, the
+/// run's folder and the environment common to all hosts.
+struct RunCtx<'a> {
+    cfg: &'a RunConfig,
+    lesson: &'a Lesson,
+    work: &'a Path,
+    /// Link delay actually emulated (None when netem is missing).
     delay: Option<f64>,
+    /// The lesson's size in bytes.
     f: u64,
+    /// Pupils.
+    n: usize,
+    /// When the run started (UTC, RFC 3339) and its wall clock.
     date: String,
     wall: Instant,
-) -> Result<RunResult> {
-    let scenario = &cfg.scenario;
-    let n = cfg.pupils();
+    /// `LAB_*` variables every host gets (and `CLASSE`); set once the
+    /// topology exists.
+    base_env: Vec<(String, String)>,
+}
+
+impl RunCtx<'_> {
+    fn scenario(&self) -> &Scenario {
+        &self.cfg.scenario
+    }
+
+    /// `base_env` plus the host's own address, home and stats file (the
+    /// home is created).
+    fn host_env(&self, dir: &Path, addr: std::net::Ipv4Addr) -> Result<Vec<(String, String)>> {
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home)?;
+        let mut env = self.base_env.clone();
+        env.push(("LAB_ADDR".into(), addr.to_string()));
+        env.push(("LAB_HOME".into(), home.display().to_string()));
+        env.push((
+            "LAB_STATS".into(),
+            dir.join("stats.json").display().to_string(),
+        ));
+        Ok(env)
+    }
+}
+
+/// The seed host: its process and what its start told.
+struct SeedHost {
+    proc: Proc,
+    dir: PathBuf,
+    log: PathBuf,
+    /// The setup script's first line (`LAB_SETUP`), or empty.
+    setup_line: String,
+    /// The seed's first line (a ticket), or empty.
+    ticket: String,
+    ready_secs: f64,
+    /// The node id in the ticket, if it is a classe ticket.
+    node: Option<[u8; 32]>,
+}
+
+/// Counters taken just before the pupils start, and the CPU sampler.
+struct Baseline {
+    counters: Vec<net::LinkCounters>,
+    children_cpu0: f64,
+    seed_cpu0: f64,
+    samples: Arc<Mutex<Vec<f64>>>,
+    sampler: tokio::task::JoinHandle<()>,
+    machine0: Option<(u64, u64)>,
+}
+
+/// The running pupils' tasks and how the run talks to them.
+struct Pupils {
+    t0: Instant,
+    tokio_t0: tokio::time::Instant,
+    events: mpsc::Receiver<Event>,
+    providers: Arc<Mutex<Vec<ProviderInfo>>>,
+    stops: Vec<watch::Sender<bool>>,
+    tasks: JoinSet<PupilEnd>,
+}
+
+/// What the run loop saw.
+struct Collected {
+    t0: Instant,
+    slots: Vec<Slot>,
+    failures: Vec<String>,
+    timed_out: bool,
+    t_end: Instant,
+    machine1: Option<(u64, u64)>,
+    seed_cpu_secs: f64,
+}
+
+/// What stopping everyone left.
+struct Stopped {
+    ends: BTreeMap<usize, PupilEnd>,
+    seed_proc: Option<proc::GroupStats>,
+    lab_cpu_secs: f64,
+    /// Per host (seed first), since the baseline.
+    counters: Vec<net::LinkCounters>,
+}
+
+/// The network, then each phase in turn (see the module's picture).
+async fn run_in(ctx: &mut RunCtx<'_>, tag: &str) -> Result<RunResult> {
+    let mut topo = build_topology(ctx.cfg, tag, ctx.delay)?;
+    ctx.base_env = base_env(ctx, topo.seed().ip);
+    let ctx = &*ctx;
+    let mut seed = start_seed(ctx, &topo).await?;
+    let hosts = topo.hosts().to_vec();
+    let baseline = take_baseline(&topo, &hosts, &seed.proc);
+    let mut pupils = start_pupils(ctx, &hosts, &seed)?;
+    let mut run = collect(ctx, &mut pupils, &mut seed, &baseline).await;
+    let stopped = stop_all(
+        ctx, pupils, &mut seed, &mut topo, &hosts, &baseline, &mut run,
+    )
+    .await;
+    let (pupils, pupil_stats) = pupil_results(ctx, &mut run, &hosts, &stopped, seed.node);
+    Ok(figures(
+        ctx,
+        &seed,
+        &baseline,
+        run,
+        &stopped,
+        pupils,
+        &pupil_stats,
+    ))
+}
+
+/// The seed (host 0) and the pupils, each link shaped as configured.
+fn build_topology(cfg: &RunConfig, tag: &str, delay: Option<f64>) -> Result<Topology> {
     let mut shapes = vec![Shape {
         up_bps: Some(cfg.seed_up),
         down_bps: cfg.seed_down,
@@ -745,188 +866,230 @@ async fn run_in(
                 down_bps: d,
             }),
     );
-    let mut topo = Topology::build_with(tag, &shapes, delay, &cfg.net)?;
-    let seed_ip = topo.seed().ip;
+    Topology::build_with(tag, &shapes, delay, &cfg.net)
+}
 
-    let files: Vec<&str> = lesson.files().iter().map(|(n, _)| n.as_str()).collect();
+fn base_env(ctx: &RunCtx<'_>, seed_ip: std::net::Ipv4Addr) -> Vec<(String, String)> {
+    let files: Vec<&str> = ctx.lesson.files().iter().map(|(n, _)| n.as_str()).collect();
     let urls: Vec<String> = files
         .iter()
         .map(|name| format!("http://{seed_ip}:{HTTP_PORT}/{name}"))
         .collect();
-    let mut base_env: Vec<(String, String)> = vec![
-        ("LAB_SRC".into(), lesson.dir().display().to_string()),
+    let mut env: Vec<(String, String)> = vec![
+        ("LAB_SRC".into(), ctx.lesson.dir().display().to_string()),
         ("LAB_FILES".into(), files.join(" ")),
         ("LAB_URLS".into(), urls.join(" ")),
         ("LAB_SEED_IP".into(), seed_ip.to_string()),
         ("LAB_PORT".into(), HTTP_PORT.to_string()),
-        ("LAB_N".into(), n.to_string()),
+        ("LAB_N".into(), ctx.n.to_string()),
     ];
-    if let Some(bin) = &cfg.classe_bin {
-        base_env.push(("CLASSE".into(), bin.display().to_string()));
+    if let Some(bin) = &ctx.cfg.classe_bin {
+        env.push(("CLASSE".into(), bin.display().to_string()));
     }
-    let host_env = |dir: &Path, addr: std::net::Ipv4Addr| -> Result<Vec<(String, String)>> {
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home)?;
-        let mut env = base_env.clone();
-        env.push(("LAB_ADDR".into(), addr.to_string()));
-        env.push(("LAB_HOME".into(), home.display().to_string()));
-        env.push((
-            "LAB_STATS".into(),
-            dir.join("stats.json").display().to_string(),
-        ));
-        Ok(env)
-    };
+    env
+}
 
-    // Setup and seed.
-    let seed_dir = work.join("seed");
-    std::fs::create_dir_all(&seed_dir)?;
-    let mut seed_env = host_env(&seed_dir, seed_ip)?;
+/// The scenario's setup (if any), then the seed, until it is ready.
+async fn start_seed(ctx: &RunCtx<'_>, topo: &Topology) -> Result<SeedHost> {
+    let cfg = ctx.cfg;
+    let seed_ip = topo.seed().ip;
+    let dir = ctx.work.join("seed");
+    std::fs::create_dir_all(&dir)?;
+    let mut env = ctx.host_env(&dir, seed_ip)?;
     let seed_deadline = (cfg.timeout + SEED_START * 2).as_secs().to_string();
-    seed_env.push(("LAB_DEADLINE_SECS".into(), seed_deadline));
-    let mut setup_line = String::new();
-    if let Some(setup) = &scenario.setup {
-        let log = seed_dir.join("setup.log");
-        let mut p = Proc::spawn(
-            "setup",
-            Spec {
-                ns: &topo.seed().ns,
-                script: setup,
-                env: seed_env.clone(),
-                log: Some(&log),
-                cwd: Some(&seed_dir),
-                nice: 0,
-            },
-        )?;
-        let line = tokio::time::timeout(SEED_START, p.next_line()).await;
-        let status = tokio::time::timeout(SEED_START, p.wait()).await;
-        match (line, status) {
-            (Ok(Ok(line)), Ok(Ok(s))) if s.success() => setup_line = line.unwrap_or_default(),
-            _ => {
-                p.stop(GRACE).await;
-                bail!("setup of {} failed: {}", scenario.name, log_tail(&log, 5));
-            }
-        }
-    }
-    seed_env.push(("LAB_SETUP".into(), setup_line.clone()));
-    let seed_log = seed_dir.join("log.txt");
-    let seed_started = Instant::now();
-    let mut seed = Proc::spawn(
+    env.push(("LAB_DEADLINE_SECS".into(), seed_deadline));
+    let setup_line = match &ctx.scenario().setup {
+        Some(setup) => run_setup(ctx, topo, &dir, &env, setup).await?,
+        None => String::new(),
+    };
+    env.push(("LAB_SETUP".into(), setup_line.clone()));
+    let log = dir.join("log.txt");
+    let started = Instant::now();
+    let mut proc = Proc::spawn(
         "seed",
         Spec {
             ns: &topo.seed().ns,
-            script: &scenario.seed,
-            env: seed_env.clone(),
-            log: Some(&seed_log),
-            cwd: Some(&seed_dir),
+            script: &ctx.scenario().seed,
+            env: env.clone(),
+            log: Some(&log),
+            cwd: Some(&dir),
             nice: cfg.seed_nice,
         },
     )?;
-    let ticket = match &scenario.seed_ready {
-        SeedReady::FirstLine => match tokio::time::timeout(SEED_START, seed.next_line()).await {
+    let ticket = match &ctx.scenario().seed_ready {
+        SeedReady::FirstLine => match tokio::time::timeout(SEED_START, proc.next_line()).await {
             Ok(Ok(Some(line))) => line.trim().to_string(),
             _ => {
-                seed.stop(GRACE).await;
+                proc.stop(GRACE).await;
                 bail!(
                     "the seed of {} did not start: {}",
-                    scenario.name,
-                    log_tail(&seed_log, 5)
+                    ctx.scenario().name,
+                    log_tail(&log, 5)
                 );
             }
         },
         SeedReady::Command(check) => {
-            let ready_log = seed_dir.join("ready.log");
-            let mut ready = false;
-            // Bounded: at most SEED_START in 200 ms steps.
-            for _ in 0..(SEED_START.as_millis() / 200) {
-                if seed.try_exited().is_some() {
-                    break;
-                }
-                let mut c = Proc::spawn(
-                    "ready check",
-                    Spec {
-                        ns: &topo.seed().ns,
-                        script: check,
-                        env: seed_env.clone(),
-                        log: Some(&ready_log),
-                        cwd: Some(&seed_dir),
-                        nice: 0,
-                    },
-                )?;
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
-                    if s.success() {
-                        ready = true;
-                        break;
-                    }
-                }
-                c.stop(GRACE).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if !ready {
-                seed.stop(GRACE).await;
-                bail!(
-                    "the seed of {} did not become ready: {}",
-                    scenario.name,
-                    log_tail(&seed_log, 5)
-                );
-            }
+            let spec = Spec {
+                ns: &topo.seed().ns,
+                script: check,
+                env,
+                log: None,
+                cwd: Some(&dir),
+                nice: 0,
+            };
+            wait_ready(ctx, &mut proc, spec, &log).await?;
             String::new()
         }
     };
-    let seed_ready_secs = seed_started.elapsed().as_secs_f64();
-    let seed_node: Option<[u8; 32]> = ticket
+    let ready_secs = started.elapsed().as_secs_f64();
+    let node = ticket
         .parse::<Ticket>()
         .ok()
         .and_then(|t| t.providers.first().map(|p| p.node_id));
+    Ok(SeedHost {
+        proc,
+        dir,
+        log,
+        setup_line,
+        ticket,
+        ready_secs,
+        node,
+    })
+}
 
-    // Baselines.
-    let hosts = topo.hosts().to_vec();
-    let base_counters: Vec<net::LinkCounters> = hosts
+/// Runs the setup script in the seed's namespace: it must print a line
+/// (kept as `LAB_SETUP`) and exit 0 within [`SEED_START`].
+async fn run_setup(
+    ctx: &RunCtx<'_>,
+    topo: &Topology,
+    dir: &Path,
+    env: &[(String, String)],
+    setup: &str,
+) -> Result<String> {
+    let log = dir.join("setup.log");
+    let mut p = Proc::spawn(
+        "setup",
+        Spec {
+            ns: &topo.seed().ns,
+            script: setup,
+            env: env.to_vec(),
+            log: Some(&log),
+            cwd: Some(dir),
+            nice: 0,
+        },
+    )?;
+    let line = tokio::time::timeout(SEED_START, p.next_line()).await;
+    let status = tokio::time::timeout(SEED_START, p.wait()).await;
+    match (line, status) {
+        (Ok(Ok(line)), Ok(Ok(s))) if s.success() => Ok(line.unwrap_or_default()),
+        _ => {
+            p.stop(GRACE).await;
+            bail!(
+                "setup of {} failed: {}",
+                ctx.scenario().name,
+                log_tail(&log, 5)
+            );
+        }
+    }
+}
+
+/// Runs the scenario's ready check (`check`, its log in the seed's
+/// folder) every 200 ms until it exits 0, for at most [`SEED_START`].
+async fn wait_ready(
+    ctx: &RunCtx<'_>,
+    seed: &mut Proc,
+    check: Spec<'_>,
+    seed_log: &Path,
+) -> Result<()> {
+    let ready_log = check.cwd.unwrap_or(ctx.work).join("ready.log");
+    // Bounded: at most SEED_START in 200 ms steps.
+    for _ in 0..(SEED_START.as_millis() / 200) {
+        if seed.try_exited().is_some() {
+            break;
+        }
+        let spec = Spec {
+            log: Some(&ready_log),
+            ..check.clone()
+        };
+        let mut c = Proc::spawn("ready check", spec)?;
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
+            if s.success() {
+                return Ok(());
+            }
+        }
+        c.stop(GRACE).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seed.stop(GRACE).await;
+    bail!(
+        "the seed of {} did not become ready: {}",
+        ctx.scenario().name,
+        log_tail(seed_log, 5)
+    );
+}
+
+/// Interface counters and CPU times before the pupils start, and a task
+/// that samples the machine's CPU use every second.
+fn take_baseline(topo: &Topology, hosts: &[net::Host], seed: &Proc) -> Baseline {
+    let counters = hosts
         .iter()
         .map(|h| topo.counters(h).unwrap_or_default())
         .collect();
     let children_cpu0 = proc::children_cpu_secs();
     let seed_cpu0 = seed.group_cpu_secs();
     let samples = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let sampler = {
-        let samples = samples.clone();
-        tokio::spawn(async move {
-            let mut prev = proc::machine_cpu_ticks();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let now = proc::machine_cpu_ticks();
-                if let (Some((b0, t0)), Some((b1, t1))) = (prev, now) {
-                    if t1 > t0 {
-                        let pct = 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64;
-                        samples.lock().unwrap_or_else(|p| p.into_inner()).push(pct);
-                    }
-                }
-                prev = now;
-            }
-        })
-    };
+    let sampler = spawn_cpu_sampler(samples.clone());
     let machine0 = proc::machine_cpu_ticks();
+    Baseline {
+        counters,
+        children_cpu0,
+        seed_cpu0,
+        samples,
+        sampler,
+        machine0,
+    }
+}
 
-    // Pupils.
+fn spawn_cpu_sampler(samples: Arc<Mutex<Vec<f64>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut prev = proc::machine_cpu_ticks();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = proc::machine_cpu_ticks();
+            if let (Some((b0, t0)), Some((b1, t1))) = (prev, now) {
+                if t1 > t0 {
+                    let pct = 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64;
+                    samples.lock().unwrap_or_else(|p| p.into_inner()).push(pct);
+                }
+            }
+            prev = now;
+        }
+    })
+}
+
+/// One task per pupil (hosts 1..), each starting at its stagger time.
+fn start_pupils(ctx: &RunCtx<'_>, hosts: &[net::Host], seed: &SeedHost) -> Result<Pupils> {
+    let (cfg, n, scenario) = (ctx.cfg, ctx.n, ctx.scenario());
     let t0 = Instant::now();
     let tokio_t0 = tokio::time::Instant::now();
     let deadline = t0 + cfg.timeout;
-    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(4 * n + 16);
+    let (ev_tx, events) = mpsc::channel::<Event>(4 * n + 16);
     let providers = Arc::new(Mutex::new(Vec::<ProviderInfo>::new()));
     let mut stops = Vec::with_capacity(n);
     let mut tasks = JoinSet::new();
     for (i, host) in hosts.iter().enumerate().skip(1) {
-        let dir = work.join(format!("pupil-{i}"));
+        let dir = ctx.work.join(format!("pupil-{i}"));
         let out = dir.join("out");
         std::fs::create_dir_all(&out)?;
-        let mut env = host_env(&dir, host.ip)?;
+        let mut env = ctx.host_env(&dir, host.ip)?;
         env.push(("LAB_OUT".into(), out.display().to_string()));
         env.push(("LAB_PUPIL".into(), i.to_string()));
-        env.push(("LAB_SETUP".into(), setup_line.clone()));
+        env.push(("LAB_SETUP".into(), seed.setup_line.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         stops.push(stop_tx);
-        let ctx = PupilCtx {
+        let pupil = PupilCtx {
             index: i,
             ns: host.ns.clone(),
             script: scenario.pupil.clone(),
@@ -935,16 +1098,33 @@ async fn run_in(
             start_at: tokio_t0 + Duration::from_secs_f64(cfg.stagger_secs * (i - 1) as f64),
             deadline,
             done_mode: scenario.pupil_done,
-            ticket: ticket.clone(),
+            ticket: seed.ticket.clone(),
             extend: scenario.extend_ticket,
             providers: providers.clone(),
             events: ev_tx.clone(),
             stop: stop_rx,
         };
-        tasks.spawn(pupil_task(ctx));
+        tasks.spawn(pupil_task(pupil));
     }
-    drop(ev_tx);
+    Ok(Pupils {
+        t0,
+        tokio_t0,
+        events,
+        providers,
+        stops,
+        tasks,
+    })
+}
 
+/// Listens to the pupils' events, stops the churned ones at their time,
+/// until every pupil is settled or the run's limit passes.
+async fn collect(
+    ctx: &RunCtx<'_>,
+    pupils: &mut Pupils,
+    seed: &mut SeedHost,
+    baseline: &Baseline,
+) -> Collected {
+    let (cfg, n) = (ctx.cfg, ctx.n);
     let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
     let churn_set = cfg
         .churn
@@ -952,46 +1132,22 @@ async fn run_in(
         .unwrap_or_else(|| vec![false; n]);
     let mut churn_at = cfg
         .churn
-        .map(|c| tokio_t0 + Duration::from_secs_f64(c.at_secs.max(0.0)));
-    let tokio_deadline = tokio_t0 + cfg.timeout;
+        .map(|c| pupils.tokio_t0 + Duration::from_secs_f64(c.at_secs.max(0.0)));
+    let tokio_deadline = pupils.tokio_t0 + cfg.timeout;
     let mut failures = Vec::new();
     let mut timed_out = false;
     while !slots.iter().all(Slot::settled) {
         tokio::select! {
-            ev = ev_rx.recv() => match ev {
+            ev = pupils.events.recv() => match ev {
                 None => break,
-                Some(Event::Started { index, at }) => slots[index - 1].start = Some(at),
-                Some(Event::Done { index, at, line }) => {
-                    let slot = &mut slots[index - 1];
-                    if slot.churned {
-                        continue;
-                    }
-                    slot.done = Some(at);
-                    if scenario.pupil_done == PupilDone::FirstLine {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                            if scenario.extend_ticket {
-                                if let Some(p) = provider_from_summary(&v) {
-                                    providers.lock().unwrap_or_else(|p| p.into_inner()).push(p);
-                                }
-                            }
-                            slot.summary = Some(v);
-                        }
-                    }
-                }
-                Some(Event::Failed { index, reason }) => {
-                    let slot = &mut slots[index - 1];
-                    if !slot.churned {
-                        failures.push(format!("pupil {index}: {reason}"));
-                        slot.failed = Some(reason);
-                    }
-                }
+                Some(ev) => on_event(ctx, &mut slots, &mut failures, &pupils.providers, ev),
             },
             _ = async { if let Some(at) = churn_at { tokio::time::sleep_until(at).await } else { std::future::pending::<()>().await } } => {
                 churn_at = None;
                 for (i, leave) in churn_set.iter().enumerate() {
                     if *leave && slots[i].failed.is_none() {
                         slots[i].churned = true;
-                        stops[i].send(true).ok();
+                        pupils.stops[i].send(true).ok();
                     }
                 }
             }
@@ -1003,8 +1159,8 @@ async fn run_in(
     }
     let t_end = Instant::now();
     let machine1 = proc::machine_cpu_ticks();
-    sampler.abort();
-    let seed_cpu_secs = (seed.group_cpu_secs() - seed_cpu0).max(0.0);
+    baseline.sampler.abort();
+    let seed_cpu_secs = (seed.proc.group_cpu_secs() - baseline.seed_cpu0).max(0.0);
     if timed_out {
         for (i, s) in slots.iter().enumerate() {
             if !s.settled() {
@@ -1016,17 +1172,76 @@ async fn run_in(
             }
         }
     }
-    if seed.try_exited().is_some() {
+    if seed.proc.try_exited().is_some() {
         failures.push(format!(
             "the seed exited during the run: {}",
-            log_tail(&seed_log, 3)
+            log_tail(&seed.log, 3)
         ));
     }
+    Collected {
+        t0: pupils.t0,
+        slots,
+        failures,
+        timed_out,
+        t_end,
+        machine1,
+        seed_cpu_secs,
+    }
+}
 
-    // Stop everyone: pupils first (they write their stats), then the seed.
-    for s in &stops {
+/// One pupil event into its slot (a churned pupil's events no longer count).
+fn on_event(
+    ctx: &RunCtx<'_>,
+    slots: &mut [Slot],
+    failures: &mut Vec<String>,
+    providers: &Mutex<Vec<ProviderInfo>>,
+    ev: Event,
+) {
+    let scenario = ctx.scenario();
+    match ev {
+        Event::Started { index, at } => slots[index - 1].start = Some(at),
+        Event::Done { index, at, line } => {
+            let slot = &mut slots[index - 1];
+            if slot.churned {
+                return;
+            }
+            slot.done = Some(at);
+            if scenario.pupil_done == PupilDone::FirstLine {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if scenario.extend_ticket {
+                        if let Some(p) = provider_from_summary(&v) {
+                            providers.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+                        }
+                    }
+                    slot.summary = Some(v);
+                }
+            }
+        }
+        Event::Failed { index, reason } => {
+            let slot = &mut slots[index - 1];
+            if !slot.churned {
+                failures.push(format!("pupil {index}: {reason}"));
+                slot.failed = Some(reason);
+            }
+        }
+    }
+}
+
+/// Stops the pupils first (they write their stats), then the seed; reads
+/// the interface counters and tears the network down.
+async fn stop_all(
+    ctx: &RunCtx<'_>,
+    pupils: Pupils,
+    seed: &mut SeedHost,
+    topo: &mut Topology,
+    hosts: &[net::Host],
+    baseline: &Baseline,
+    run: &mut Collected,
+) -> Stopped {
+    for s in &pupils.stops {
         s.send(true).ok();
     }
+    let mut tasks = pupils.tasks;
     let mut ends: BTreeMap<usize, PupilEnd> = BTreeMap::new();
     let stop_all = async {
         while let Some(end) = tasks.join_next().await {
@@ -1036,24 +1251,25 @@ async fn run_in(
         }
     };
     if tokio::time::timeout(GRACE * 3, stop_all).await.is_err() {
-        failures.push("some pupils did not stop in time (killed)".into());
+        run.failures
+            .push("some pupils did not stop in time (killed)".into());
         tasks.abort_all();
     }
-    let seed_proc = Some(seed.group_stats()).filter(|g| g.threads > 0);
-    let seed_exit = seed.stop(GRACE).await;
-    if scenario.accounting == Accounting::ClasseStats
+    let seed_proc = Some(seed.proc.group_stats()).filter(|g| g.threads > 0);
+    let seed_exit = seed.proc.stop(GRACE).await;
+    if ctx.scenario().accounting == Accounting::ClasseStats
         && seed_exit.as_ref().is_some_and(|s| !s.success())
     {
-        failures.push(format!(
+        run.failures.push(format!(
             "the seed did not exit cleanly ({}): {}",
             seed_exit.as_ref().map(exit_text).unwrap_or_default(),
-            log_tail(&seed_log, 3)
+            log_tail(&seed.log, 3)
         ));
     }
-    let lab_cpu_secs = (proc::children_cpu_secs() - children_cpu0).max(0.0);
+    let lab_cpu_secs = (proc::children_cpu_secs() - baseline.children_cpu0).max(0.0);
     let counters: Vec<net::LinkCounters> = hosts
         .iter()
-        .zip(&base_counters)
+        .zip(&baseline.counters)
         .map(|(h, b)| {
             let c = topo.counters(h).unwrap_or_default();
             net::LinkCounters {
@@ -1065,14 +1281,30 @@ async fn run_in(
         })
         .collect();
     topo.destroy();
+    Stopped {
+        ends,
+        seed_proc,
+        lab_cpu_secs,
+        counters,
+    }
+}
 
-    // Per pupil: times, classe's own figures, verification.
+/// Per pupil: times, classe's own figures, verification of its output;
+/// and each pupil's stats file.
+fn pupil_results(
+    ctx: &RunCtx<'_>,
+    run: &mut Collected,
+    hosts: &[net::Host],
+    stopped: &Stopped,
+    seed_node: Option<[u8; 32]>,
+) -> (Vec<PupilResult>, Vec<Option<serde_json::Value>>) {
+    let (cfg, t0, counters, ends) = (ctx.cfg, run.t0, &stopped.counters, &stopped.ends);
     let seed_hex = seed_node.map(|id| data_encoding::HEXLOWER.encode(&id));
-    let mut pupils = Vec::with_capacity(n);
-    let mut pupil_stats = Vec::with_capacity(n);
-    for (i, slot) in slots.iter().enumerate() {
+    let mut pupils = Vec::with_capacity(ctx.n);
+    let mut pupil_stats = Vec::with_capacity(ctx.n);
+    for (i, slot) in run.slots.iter().enumerate() {
         let index = i + 1;
-        let dir = work.join(format!("pupil-{index}"));
+        let dir = ctx.work.join(format!("pupil-{index}"));
         let stats = read_stats(&dir.join("stats.json"));
         pupil_stats.push(stats.clone());
         let summary = slot.summary.as_ref();
@@ -1090,10 +1322,10 @@ async fn run_in(
         let completed = slot.done.is_some();
         let verified = if completed {
             let out = dir.join("out");
-            match lesson.verify(&out) {
+            match ctx.lesson.verify(&out) {
                 Ok(()) => Some(true),
                 Err(e) => {
-                    failures.push(format!(
+                    run.failures.push(format!(
                         "pupil {index}: output does not match the source: {e}"
                     ));
                     Some(false)
@@ -1135,39 +1367,36 @@ async fn run_in(
         });
     }
     for p in &pupils {
-        if !p.churned && !p.completed && p.error.is_none() && !timed_out {
-            failures.push(format!("pupil {}: did not complete", p.index));
+        if !p.churned && !p.completed && p.error.is_none() && !run.timed_out {
+            run.failures
+                .push(format!("pupil {}: did not complete", p.index));
         }
     }
+    (pupils, pupil_stats)
+}
 
-    // Figures.
-    let done_times: Vec<f64> = pupils.iter().filter_map(|p| p.done_secs).collect();
-    let makespan = done_times.iter().copied().fold(0.0, f64::max);
-    let bounds = metrics::bounds(f, cfg.seed_up, &cfg.pupil_up, &cfg.pupil_down);
-    let seed_stats = read_stats(&seed_dir.join("stats.json"));
-    let mut quic = QuicTotals::default();
-    for stats in seed_stats.iter().chain(pupil_stats.iter().flatten()) {
-        quic.add(stats);
-    }
-    let seed_app = seed_stats.as_ref().and_then(stats_sent);
+/// Where the bytes sent by the seed and by the pupils come from: classe's
+/// `--stats` where the scenario has them, else interface counters.
+struct Sent {
+    seed: u64,
+    seed_source: &'static str,
+    pupils: u64,
+    pupils_source: &'static str,
+}
+
+/// [`Sent`], with a note or a failure where a stats file is missing.
+fn bytes_sent(
+    ctx: &RunCtx<'_>,
+    seed_app: Option<u64>,
+    pupils: &[PupilResult],
+    stopped: &Stopped,
+    notes: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Sent {
+    let accounting = ctx.scenario().accounting;
     let pupils_app: Option<u64> = pupils.iter().map(|p| p.sent_app_bytes).sum();
     let pupils_if: u64 = pupils.iter().map(|p| p.tx_if_bytes).sum();
-    let mut notes = Vec::new();
-    for p in &pupils {
-        if p.exit.as_deref() == Some("signal 9") {
-            notes.push(format!(
-                "pupil {} did not exit within {} s of SIGTERM and was killed{}",
-                p.index,
-                GRACE.as_secs(),
-                if scenario.accounting == Accounting::ClasseStats {
-                    " (so it wrote no --stats)"
-                } else {
-                    ""
-                }
-            ));
-        }
-    }
-    let (pupils_sent, pupils_source) = match (scenario.accounting, pupils_app) {
+    let (pupils_sent, pupils_source) = match (accounting, pupils_app) {
         (Accounting::ClasseStats, Some(b)) => (b, "classe_stats"),
         (Accounting::ClasseStats, None) => {
             notes.push(
@@ -1178,25 +1407,53 @@ async fn run_in(
         }
         (Accounting::Interface, _) => (pupils_if, "interface"),
     };
-    let received: Option<u64> = pupils
-        .iter()
-        .filter(|p| p.completed)
-        .map(|p| p.received_bytes)
-        .sum();
-    let n_done = pupils.iter().filter(|p| p.completed).count() as f64;
-    let received_excess = received
-        .filter(|_| n_done > 0.0)
-        .map(|r| r as f64 / (f as f64 * n_done) - 1.0);
-    let (seed_sent, source) = match (scenario.accounting, seed_app) {
+    let seed_if = stopped.counters[0].tx;
+    let (seed_sent, source) = match (accounting, seed_app) {
         (Accounting::ClasseStats, Some(s)) => (s, "classe_stats"),
         (Accounting::ClasseStats, None) => {
             failures
                 .push("the seed wrote no --stats file: its bytes come from the interface".into());
-            (counters[0].tx, "interface")
+            (seed_if, "interface")
         }
-        (Accounting::Interface, _) => (counters[0].tx, "interface"),
+        (Accounting::Interface, _) => (seed_if, "interface"),
     };
-    let run_secs = t_end.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+    Sent {
+        seed: seed_sent,
+        seed_source: source,
+        pupils: pupils_sent,
+        pupils_source,
+    }
+}
+
+/// A note for each pupil that had to be killed after SIGTERM.
+fn kill_notes(ctx: &RunCtx<'_>, pupils: &[PupilResult]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for p in pupils {
+        if p.exit.as_deref() == Some("signal 9") {
+            notes.push(format!(
+                "pupil {} did not exit within {} s of SIGTERM and was killed{}",
+                p.index,
+                GRACE.as_secs(),
+                if ctx.scenario().accounting == Accounting::ClasseStats {
+                    " (so it wrote no --stats)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    notes
+}
+
+/// The machine's, the lab's and the seed's CPU use over the run.
+fn cpu_use(baseline: &Baseline, run: &Collected, stopped: &Stopped, gb_done: f64) -> CpuUse {
+    let (machine0, machine1) = (baseline.machine0, run.machine1);
+    let (lab_cpu_secs, seed_cpu_secs) = (stopped.lab_cpu_secs, run.seed_cpu_secs);
+    let run_secs = run
+        .t_end
+        .saturating_duration_since(run.t0)
+        .as_secs_f64()
+        .max(1e-3);
     let machine_cpu_secs = match (machine0, machine1) {
         (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / proc::CLK_TCK,
         _ => 0.0,
@@ -1205,7 +1462,8 @@ async fn run_in(
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => 0.0,
     };
-    let machine_max_pct = samples
+    let machine_max_pct = baseline
+        .samples
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
@@ -1213,8 +1471,8 @@ async fn run_in(
         .fold(machine_mean_pct, f64::max);
     let seed_core_pct = 100.0 * seed_cpu_secs / run_secs;
     let per_gb = |secs: f64| {
-        if n_done > 0.0 {
-            secs / (n_done * f as f64 / 1e9)
+        if gb_done > 0.0 {
+            secs / gb_done
         } else {
             0.0
         }
@@ -1223,7 +1481,7 @@ async fn run_in(
     // Only the run's own window counts: the lab's CPU time covers it all
     // (seed import and shutdown too), so this slightly overstates it.
     let lab_pct = (100.0 * lab_cpu_secs / run_secs / cores).min(100.0);
-    let cpu = CpuUse {
+    CpuUse {
         machine_mean_pct,
         machine_max_pct,
         lab_cpu_secs,
@@ -1235,40 +1493,88 @@ async fn run_in(
         cpu_secs_per_gb: per_gb(lab_cpu_secs),
         machine_cpu_secs,
         machine_cpu_secs_per_gb: per_gb(machine_cpu_secs),
-        seed_proc,
-    };
+        seed_proc: stopped.seed_proc,
+    }
+}
+
+/// The run's parameters, as recorded with its result.
+fn params(ctx: &RunCtx<'_>) -> Params {
+    let (cfg, scenario) = (ctx.cfg, ctx.scenario());
+    Params {
+        n: ctx.n,
+        file_bytes: ctx.f,
+        files: ctx.lesson.files().len(),
+        seed_up_bps: cfg.seed_up,
+        seed_down_bps: cfg.seed_down,
+        pupil_up_bps: cfg.pupil_up.clone(),
+        pupil_down_bps: cfg.pupil_down.clone(),
+        delay_ms: cfg.delay_ms,
+        delay_emulated: ctx.delay.is_some(),
+        stagger_secs: cfg.stagger_secs,
+        churn: cfg.churn,
+        timeout_secs: cfg.timeout.as_secs_f64(),
+        extend_ticket: scenario.extend_ticket,
+        classe: if uses_classe(scenario) {
+            cfg.classe_info.clone()
+        } else {
+            None
+        },
+        net: cfg.net.clone(),
+        seed_nice: cfg.seed_nice,
+    }
+}
+
+/// The run's figures from what each phase left.
+fn figures(
+    ctx: &RunCtx<'_>,
+    seed: &SeedHost,
+    baseline: &Baseline,
+    mut run: Collected,
+    stopped: &Stopped,
+    pupils: Vec<PupilResult>,
+    pupil_stats: &[Option<serde_json::Value>],
+) -> RunResult {
+    let (cfg, f) = (ctx.cfg, ctx.f);
+    let done_times: Vec<f64> = pupils.iter().filter_map(|p| p.done_secs).collect();
+    let makespan = done_times.iter().copied().fold(0.0, f64::max);
+    let bounds = metrics::bounds(f, cfg.seed_up, &cfg.pupil_up, &cfg.pupil_down);
+    let seed_stats = read_stats(&seed.dir.join("stats.json"));
+    let mut quic = QuicTotals::default();
+    for stats in seed_stats.iter().chain(pupil_stats.iter().flatten()) {
+        quic.add(stats);
+    }
+    let seed_app = seed_stats.as_ref().and_then(stats_sent);
+    let mut notes = kill_notes(ctx, &pupils);
+    let sent = bytes_sent(
+        ctx,
+        seed_app,
+        &pupils,
+        stopped,
+        &mut notes,
+        &mut run.failures,
+    );
+    let received: Option<u64> = pupils
+        .iter()
+        .filter(|p| p.completed)
+        .map(|p| p.received_bytes)
+        .sum();
+    let n_done = pupils.iter().filter(|p| p.completed).count() as f64;
+    let received_excess = received
+        .filter(|_| n_done > 0.0)
+        .map(|r| r as f64 / (f as f64 * n_done) - 1.0);
+    let cpu = cpu_use(baseline, &run, stopped, n_done * f as f64 / 1e9);
     let completed = pupils.iter().filter(|p| p.completed).count();
     let churned = pupils.iter().filter(|p| p.churned).count();
     let all_in = pupils.iter().all(|p| p.churned || p.verified == Some(true));
-    Ok(RunResult {
+    let counters = &stopped.counters;
+    RunResult {
         schema: SCHEMA.into(),
-        date,
-        scenario: scenario.name.clone(),
-        ok: failures.is_empty() && all_in,
-        failures,
+        date: ctx.date.clone(),
+        scenario: ctx.scenario().name.clone(),
+        ok: run.failures.is_empty() && all_in,
+        failures: run.failures,
         machine: Machine::detect(),
-        params: Params {
-            n,
-            file_bytes: f,
-            files: lesson.files().len(),
-            seed_up_bps: cfg.seed_up,
-            seed_down_bps: cfg.seed_down,
-            pupil_up_bps: cfg.pupil_up.clone(),
-            pupil_down_bps: cfg.pupil_down.clone(),
-            delay_ms: cfg.delay_ms,
-            delay_emulated: delay.is_some(),
-            stagger_secs: cfg.stagger_secs,
-            churn: cfg.churn,
-            timeout_secs: cfg.timeout.as_secs_f64(),
-            extend_ticket: scenario.extend_ticket,
-            classe: if uses_classe(scenario) {
-                cfg.classe_info.clone()
-            } else {
-                None
-            },
-            net: cfg.net.clone(),
-            seed_nice: cfg.seed_nice,
-        },
+        params: params(ctx),
         bounds,
         completed,
         churned,
@@ -1276,23 +1582,23 @@ async fn run_in(
         mean_secs: metrics::mean(&done_times),
         median_secs: metrics::median(&done_times),
         ratio_t_min: makespan / bounds.t_min,
-        seed_ready_secs,
-        seed_sent_bytes: seed_sent,
-        seed_sent_source: source.into(),
-        seed_copies: seed_sent as f64 / f as f64,
+        seed_ready_secs: seed.ready_secs,
+        seed_sent_bytes: sent.seed,
+        seed_sent_source: sent.seed_source.into(),
+        seed_copies: sent.seed as f64 / f as f64,
         seed_tx_if_bytes: counters[0].tx,
         seed_if_packets: (counters[0].tx_packets, counters[0].rx_packets),
-        pupils_sent_bytes: pupils_sent,
-        pupils_copies: pupils_sent as f64 / f as f64,
-        pupils_sent_source: pupils_source.into(),
+        pupils_sent_bytes: sent.pupils,
+        pupils_copies: sent.pupils as f64 / f as f64,
+        pupils_sent_source: sent.pupils_source.into(),
         received_excess,
         notes,
         pupils_tx_if_bytes: pupils.iter().map(|p| p.tx_if_bytes).sum(),
         cpu,
         quic: (quic.processes > 0).then_some(quic),
-        wall_secs: wall.elapsed().as_secs_f64(),
+        wall_secs: ctx.wall.elapsed().as_secs_f64(),
         pupils,
-    })
+    }
 }
 
 /// Whether a scenario runs `$CLASSE`.

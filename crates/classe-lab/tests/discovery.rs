@@ -21,16 +21,14 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use classe_lab::net::{self, Shape, Topology};
 
 mod common;
+use classe_testkit::{lesson::tagged_lesson, process::run_with_timeout, tree::assert_same_tree};
 use common::{classe_bin, Running, STEP};
 
 /// The hosts of one test: namespaces when possible, else loopback.
@@ -119,28 +117,9 @@ impl Lab {
     }
 
     fn run(&self, host: usize, home: &str, args: &[&str]) -> std::process::Output {
-        let child = self
-            .command(host, home)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            tx.send(child.wait_with_output()).ok();
-        });
-        match rx.recv_timeout(STEP) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("classe {args:?} did not finish within {STEP:?}");
-            }
-        }
+        let mut cmd = self.command(host, home);
+        cmd.args(args).stdin(Stdio::null());
+        run_with_timeout(cmd, STEP)
     }
 
     fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Running {
@@ -225,18 +204,7 @@ impl Lab {
 }
 
 fn make_lesson(dir: &Path, mb: usize, tag: &str) {
-    std::fs::create_dir_all(dir.join("docs")).unwrap();
-    std::fs::write(dir.join("docs/lisez-moi.txt"), format!("Leçon {tag}\n")).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ tag.len() as u64;
-    let data: Vec<u8> = (0..mb * 1_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(dir.join("video.bin"), data).unwrap();
+    tagged_lesson(dir, mb * 1_000_000, tag);
 }
 
 fn lesson_mb() -> usize {
@@ -247,12 +215,7 @@ fn lesson_mb() -> usize {
 }
 
 fn same_tree(a: &Path, b: &Path) {
-    for rel in ["docs/lisez-moi.txt", "video.bin"] {
-        assert!(
-            std::fs::read(a.join(rel)).unwrap() == std::fs::read(b.join(rel)).unwrap(),
-            "{rel} differs"
-        );
-    }
+    assert_same_tree(a, b, "the pupil's copy");
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {

@@ -15,14 +15,10 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
+    process::{Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -30,109 +26,15 @@ use classe_bundle::ticket::Ticket;
 use classe_lab::net::{self, Shape, Topology};
 
 mod common;
+use classe_testkit::{
+    lesson::tagged_lesson,
+    process::{run_with_timeout, Running as Proc},
+    tree::assert_same_tree,
+};
 use common::{classe_bin, STEP};
 
 /// Longest a whole scenario may wait for its pupils.
 const SCENARIO: Duration = Duration::from_secs(60);
-
-/// A classe process that a test may kill with SIGKILL. Its stdout lines
-/// are read on a thread; its stderr goes to a file in the lab folder (so
-/// a full pipe never blocks it and a killed process leaves it readable).
-/// Dropping it ends it (SIGTERM, then SIGKILL after 5 s).
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-    name: String,
-}
-
-impl Proc {
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// The next stdout line within `limit`, or None (timeout or exit).
-    fn line_within(&self, limit: Duration) -> Option<String> {
-        self.lines.recv_timeout(limit).ok()
-    }
-
-    /// The next stdout line; fails the test with stderr after `STEP`.
-    fn line(&self) -> String {
-        self.line_within(STEP).unwrap_or_else(|| {
-            panic!(
-                "{}: no line on stdout within {STEP:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            )
-        })
-    }
-
-    /// The next JSON event of `kind` within `limit`, skipping others.
-    fn event_within(&self, kind: &str, limit: Duration) -> Option<serde_json::Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).ok()?;
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["event"] == kind {
-                    return Some(v);
-                }
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill9(mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait (bounded): it must exit 0.
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "{} exited with {status}: {}",
-                    self.name,
-                    self.stderr()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not stop within 20 s", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
-            let mut exited = false;
-            for _ in 0..100 {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !exited {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if std::env::var_os("HOMES_SHOW").is_some() {
-            println!("---- {} stderr:\n{}", self.name, self.stderr());
-        }
-    }
-}
 
 /// The hosts of one test, in namespaces on one bridge. Dropping it
 /// removes the namespaces (the topology's own guard) and the folder.
@@ -203,56 +105,22 @@ impl Lab {
 
     /// Runs to completion (bounded by `STEP`, then SIGKILL).
     fn run(&self, host: usize, home: &str, args: &[&str]) -> std::process::Output {
-        let child = self
-            .command(host, home, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            tx.send(child.wait_with_output()).ok();
-        });
-        match rx.recv_timeout(STEP) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                panic!("classe {args:?} did not finish within {STEP:?}");
-            }
-        }
+        let mut cmd = self.command(host, home, args);
+        cmd.stdin(Stdio::null());
+        run_with_timeout(cmd, STEP)
     }
 
     fn spawn(&self, host: usize, home: &str, args: &[&str]) -> Proc {
         self.spawn_cmd(self.command(host, home, args), home, args)
     }
 
-    fn spawn_cmd(&self, mut cmd: Command, home: &str, args: &[&str]) -> Proc {
+    /// Its stderr goes to a file in the lab folder, so that a killed
+    /// process leaves it readable and every read of it is complete.
+    fn spawn_cmd(&self, cmd: Command, home: &str, args: &[&str]) -> Proc {
         let n = self.started.fetch_add(1, Ordering::Relaxed);
         let stderr = self.dir.path().join(format!("stderr-{n}-{home}"));
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            stderr,
-            name: format!("{home} {}", args.first().copied().unwrap_or("")),
-        }
+        let name = format!("{home} {}", args.first().copied().unwrap_or(""));
+        Proc::spawn_logged(cmd, name, stderr)
     }
 
     fn author_key(&self, host: usize, home: &str) -> String {
@@ -284,48 +152,7 @@ impl Lab {
 
 /// A lesson of `mb` MB: a small text file and one random-looking file.
 fn make_lesson(dir: &Path, mb: usize, tag: &str) {
-    std::fs::create_dir_all(dir.join("docs")).unwrap();
-    std::fs::write(dir.join("docs/lisez-moi.txt"), format!("Leçon {tag}\n")).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (tag.len() as u64 + 7);
-    let data: Vec<u8> = (0..mb * 1_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(dir.join("video.bin"), data).unwrap();
-}
-
-/// Every file under `dir`, relative path and bytes.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn assert_same_tree(lesson: &Path, got: &Path, who: &str) {
-    let (a, b) = (tree(lesson), tree(got));
-    let names = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&a), names(&b), "{who}: not the same files");
-    for ((p, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{who}: {} differs", p.display());
-    }
+    tagged_lesson(dir, mb * 1_000_000, tag);
 }
 
 /// Waits (bounded by `SCENARIO` from `since`) for the `--json` summary of
@@ -451,7 +278,10 @@ fn teacher_killed_mid_transfer_and_restarted() {
 /// SIGKILL to every process first, then reap them: they die together.
 fn kill_all_at_once(procs: Vec<(usize, Proc)>) {
     for (_, p) in &procs {
-        let _ = nix::sys::signal::kill(p.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     for (_, p) in procs {
         p.kill9();
@@ -557,7 +387,7 @@ fn seed_killed_mid_mirror_completes_after_restart() {
     let since = Instant::now();
     let seed = lab.spawn(0, "seed", &seed_args);
     assert_eq!(seed.line(), bootstrap, "the seed kept its identity");
-    let mirrored = seed.event_within("mirrored", SCENARIO).unwrap_or_else(|| {
+    let (mirrored, _) = seed.event_within("mirrored", SCENARIO).unwrap_or_else(|| {
         panic!(
             "the restarted seed did not complete the mirror within {SCENARIO:?}; stderr:\n{}",
             seed.stderr()
@@ -665,7 +495,7 @@ fn pupils_with_a_clock_a_day_off_still_fetch() {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut pupil = pupil;
         let status = loop {
-            if let Some(st) = pupil.child.try_wait().unwrap() {
+            if let Some(st) = pupil.try_wait() {
                 break st;
             }
             assert!(Instant::now() < deadline, "pupil {offset} did not exit");

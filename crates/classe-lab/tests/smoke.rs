@@ -10,22 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use classe_lab::{net, plan::Plan, scenario};
-
-fn classe_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CLASSE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    // target/debug/deps/smoke-<hash> → target/debug/classe
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("classe");
-    p.is_file().then_some(p)
-}
 
 fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
@@ -59,7 +46,7 @@ fn smoke_everyone_completes_with_verified_bytes_and_nothing_is_left() {
             "SKIPPED classe-lab smoke, bittorrent scenario: apt-get install aria2 opentracker mktorrent curl"
         );
     }
-    let bin = classe_bin();
+    let bin = classe_testkit::bin::classe_bin(None);
     match &bin {
         Some(_) => scenarios.push(scenario::classe(true)),
         None if in_ci() => panic!("no classe binary next to the tests: run `cargo test --workspace`"),

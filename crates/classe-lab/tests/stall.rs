@@ -64,19 +64,6 @@ fn spawn(home: &Path, args: &[&str], name: &str) -> Running {
     Running::spawn(cmd, name.to_string())
 }
 
-/// `len` pseudo-random bytes.
-fn lesson_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn pupils_who_leave_when_done_are_not_held_back_by_the_seeds_resend_rule() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +71,7 @@ fn pupils_who_leave_when_done_are_not_held_back_by_the_seeds_resend_rule() {
     let lesson = home("lesson");
     std::fs::create_dir_all(&lesson).unwrap();
     // One piece (under 256 KiB): every pupil needs the same one.
-    let data = lesson_bytes(200_000);
+    let data = classe_testkit::pseudo_random(200_000, 0x2545_f491_4f6c_dd1d);
     std::fs::write(lesson.join("fiche.bin"), &data).unwrap();
     let key = run(&home("teacher"), &["id"]).trim().to_string();
 

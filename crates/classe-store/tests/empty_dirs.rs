@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 
 use classe_bundle::{AuthorSecret, FileEntry, LessonId, Manifest, ManifestError};
-use classe_store::{
-    iroh_blobs::{api::blobs::AddBytesOptions, BlobFormat, Hash},
-    ExportError, ImportOptions, ReadError, Store,
-};
+use classe_store::{iroh_blobs::Hash, ExportError, ImportOptions, ReadError, Store};
 
 #[tokio::test]
 async fn import_and_export_keep_empty_folders() {
@@ -63,22 +62,7 @@ async fn forge_bundle(store: &Store, manifest: &Manifest, secret: &AuthorSecret)
     let mut bytes = vec![1u8]; // Wire::V2
     bytes.extend(postcard::to_stdvec(manifest).unwrap());
     bytes.extend_from_slice(&signature);
-    let blobs = store.blobs();
-    let manifest_hash = blobs.add_bytes(bytes).await.unwrap().hash;
-    let mut seq = manifest_hash.as_bytes().to_vec();
-    for f in &manifest.files {
-        seq.extend_from_slice(&f.hash);
-    }
-    let root = blobs
-        .add_bytes_with_opts(AddBytesOptions {
-            data: seq.into(),
-            format: BlobFormat::HashSeq,
-        })
-        .await
-        .unwrap()
-        .hash;
-    store.pin(root).await.unwrap();
-    root
+    common::pin_header(store, bytes, &manifest.files).await
 }
 
 #[tokio::test]

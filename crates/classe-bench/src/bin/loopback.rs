@@ -39,6 +39,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use classe_testkit::Rng;
 use iroh::{endpoint::presets, protocol::Router, Endpoint, EndpointAddr, RelayMode, TransportAddr};
 use iroh_blobs::{
     api::proto::BlobStatus,
@@ -212,14 +213,11 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let classe = match &args.classe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this executable")?
-            .parent()
-            .context("this executable has no parent folder")?
-            .join("classe"),
-    };
+    let classe = args
+        .classe
+        .clone()
+        .or_else(|| classe_testkit::bin::next_to_exe("classe"))
+        .unwrap_or_else(|| PathBuf::from("<this binary's folder>/classe"));
     ensure!(
         classe.is_file(),
         "no classe binary at {}: build it in the same target dir (cargo build --release -p classe) or pass --classe PATH",
@@ -578,28 +576,14 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes `size` bytes from a seeded xorshift generator: incompressible,
+/// Writes `size` bytes from a seeded generator: incompressible,
 /// reproducible, and much faster than the disk.
 fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
     );
-    let mut state = seed | 1;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
+    Rng::new(seed).write(&mut out, size)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
@@ -867,14 +851,8 @@ async fn get(
     let count = size.div_ceil(piece);
     let mut order: Vec<u64> = (0..count).collect();
     if random {
-        // Fisher-Yates with a fixed xorshift seed: the same order each run.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for i in (1..order.len()).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            order.swap(i, (state % (i as u64 + 1)) as usize);
-        }
+        // A fixed seed: the same order each run.
+        Rng::new(0x9e37_79b9_7f4a_7c15).shuffle(&mut order);
     }
     let mut pending = order.into_iter();
     let mut running = tokio::task::JoinSet::new();
