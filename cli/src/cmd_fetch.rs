@@ -256,12 +256,7 @@ async fn write_out(
     manifest: &classe_bundle::Manifest,
     out: &Path,
 ) -> Result<(), Exit> {
-    let probe = out.to_path_buf();
-    let free = tokio::task::spawn_blocking(move || ui::available_space(&probe))
-        .await
-        .ok()
-        .flatten();
-    if let Some(free) = free {
+    if let Some(free) = classe_node::free_space(out).await {
         if free < manifest.total_size() {
             return Err(Exit::new(
                 IO,

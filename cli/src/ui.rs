@@ -118,20 +118,6 @@ pub fn stats_json(node: &classe_node::Node, started: std::time::Instant) -> serd
     })
 }
 
-/// Free bytes on the file system holding `path` (or its nearest existing
-/// ancestor).
-pub fn available_space(path: &std::path::Path) -> Option<u64> {
-    let mut p = Some(path);
-    while let Some(candidate) = p {
-        if candidate.exists() {
-            let stat = nix::sys::statvfs::statvfs(candidate).ok()?;
-            return Some(stat.blocks_available() as u64 * stat.fragment_size() as u64);
-        }
-        p = candidate.parent();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

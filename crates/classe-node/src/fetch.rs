@@ -364,7 +364,7 @@ impl Node {
                 needed += f.size.saturating_sub(have);
             }
         }
-        if let Some(free) = available_space(store.dir()) {
+        if let Some(free) = free_space(store.dir()).await {
             // Data plus its BLAKE3 outboard (about 1/256 of it) and slack.
             let want = needed + needed / 128 + 1024 * 1024;
             if free < want {
@@ -630,10 +630,27 @@ impl Node {
     }
 }
 
-/// Free bytes on the file system holding `path`.
-pub(crate) fn available_space(path: &std::path::Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+/// Free bytes on the file system holding `path`, or its nearest existing
+/// ancestor (a folder about to be created). None if none can be read.
+pub fn available_space(path: &std::path::Path) -> Option<u64> {
+    let mut p = Some(path);
+    while let Some(candidate) = p {
+        if candidate.exists() {
+            let stat = nix::sys::statvfs::statvfs(candidate).ok()?;
+            return Some(stat.blocks_available() as u64 * stat.fragment_size() as u64);
+        }
+        p = candidate.parent();
+    }
+    None
+}
+
+/// [`available_space`] on a blocking thread, for async code.
+pub async fn free_space(path: &std::path::Path) -> Option<u64> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || available_space(&path))
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

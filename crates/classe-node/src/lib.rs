@@ -55,7 +55,10 @@ use iroh_blobs::Hash;
 use tokio_util::sync::CancellationToken;
 
 pub use announce::{AnnouncementLog, PublishError};
-pub use fetch::{no_events, FetchError, FetchEvent, FetchReport, FetchRequest, TrustDecision};
+pub use fetch::{
+    available_space, free_space, no_events, FetchError, FetchEvent, FetchReport, FetchRequest,
+    TrustDecision,
+};
 pub use paths::{PathBytes, QuicCounters};
 pub use relay::{RelayCarried, RelayError, RelayServer, RelayServerConfig};
 pub use seed::{MirrorError, Mirrored, Seed, SeedConfig, SeedError, SeedEvent};

@@ -520,8 +520,18 @@ impl Store {
             path: source.display().to_string(),
             source: e,
         })?;
-        let mut skipped = Vec::new();
-        let walked = walk(&source, &mut skipped)?;
+        // The walk reads every folder and stats every file: a blocking
+        // thread's work, not the runtime's.
+        let root = source.clone();
+        let (walked, mut skipped) = tokio::task::spawn_blocking(move || {
+            let mut skipped = Vec::new();
+            walk(&root, &mut skipped).map(|w| (w, skipped))
+        })
+        .await
+        .map_err(|e| ImportError::ReadSource {
+            path: source.display().to_string(),
+            source: std::io::Error::other(e),
+        })??;
         if walked.files.is_empty() {
             return Err(ImportError::Empty {
                 path: source.display().to_string(),
