@@ -14,6 +14,7 @@ use classe_node::{
     TrustDecision,
 };
 use classe_store::{iroh_blobs::Hash, ImportOptions, Store};
+use classe_testkit::tree;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -63,24 +64,6 @@ async fn next(events: &mut mpsc::Receiver<SeedEvent>) -> SeedEvent {
             Err(_) => panic!("no seed event in {WAIT:?}"),
         }
     }
-}
-
-fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +129,7 @@ async fn the_seed_mirrors_an_announced_lesson_and_serves_it_alone() -> Result<()
     assert_eq!(m.total_bytes, manifest.total_size());
     let written = m.out.expect("written to --out");
     assert_eq!(written, out.join(&manifest.title));
-    assert_eq!(files(&written), files(&lesson(dir.path(), "1")));
+    assert_eq!(tree(&written), tree(&lesson(dir.path(), "1")));
     assert!(
         log.load()
             .iter()
