@@ -14,7 +14,7 @@ use classe_node::{
     TrustDecision,
 };
 use classe_store::{iroh_blobs::Hash, ImportOptions, Store};
-use classe_testkit::tree;
+use classe_testkit::tree::tree;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
