@@ -6,7 +6,11 @@ use std::{
 };
 
 use clap::Args;
-use classe_bundle::{path::folder_name, AuthorKey, SignedManifest, Ticket};
+use classe_bundle::{
+    anchor::{decide, Decision, Endorsement, SchoolBook, VersionBook},
+    path::folder_name,
+    AuthorKey, SignedManifest, Ticket,
+};
 use classe_node::{FetchEvent, FetchRequest, TrustDecision};
 use classe_store::{iroh_blobs::Hash, ExportError};
 
@@ -40,6 +44,10 @@ pub struct FetchArgs {
     /// Print a JSON summary on stdout once the files are written.
     #[arg(long)]
     json: bool,
+    /// Accept a version of the lesson older than one you already fetched
+    /// (refused otherwise, so nobody can hand you an outdated lesson).
+    #[arg(long)]
+    allow_older: bool,
     /// On exit, write bytes sent and received per peer as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
@@ -101,9 +109,33 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
     repair_store(home, root).await?;
     let mut config = home.node_config(&args.net)?;
     config.leaves_when_done = args.no_seed;
-    let trust = trust_policy(home, extra_trust, trust_store);
+    let schools = home.school_book()?;
+    if let Some(control) = &mut config.control {
+        // The schools' newest word (revocations, the seed's statement)
+        // arrives through their topic and DHT record while we fetch.
+        control.schools = schools.schools().map(|s| s.identity).collect();
+    }
+    let news = SchoolNews::new(schools);
+    let endorsed = Endorsed::default();
+    let policy = Policy {
+        home: home.clone(),
+        extra_trust,
+        trust_store,
+        news: news.clone(),
+        versions: home.version_book()?,
+        allow_older: args.allow_older,
+        max_staleness: home.max_staleness_secs()?,
+        root,
+        endorsed: endorsed.clone(),
+    };
+    let trust = move |m| policy.decide(m);
     with_node(home, config, args.stats.as_deref(), async |node, _| {
-        node.discard_control_events();
+        match node.take_control_events() {
+            Some(rx) => {
+                tokio::spawn(news.clone().listen(rx));
+            }
+            None => news.give_up(),
+        }
         let request = FetchRequest {
             root,
             expected_author: ticket.author,
@@ -135,19 +167,23 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             .unwrap_or_else(|| PathBuf::from(folder_name(&manifest.title, root.as_bytes())));
         write_out(node, root, manifest, &out).await?;
         let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
+        let endorsement = endorsed.lock().ok().and_then(|e| e.clone());
         if args.json {
             let dht = lookup.lock().ok().and_then(|l| *l);
-            print_summary(node, &report, root, &out_abs, dht)?;
+            print_summary(node, &report, root, &out_abs, dht, endorsement.as_ref())?;
         }
+        let signer = match &endorsement {
+            Some(e) => format!("signed by {}, certified by {}", e.teacher, e.school),
+            None => format!("signature by {} verified", manifest.author.short()),
+        };
         eprintln!(
-            "Wrote \"{}\" ({} file(s), {}) to {}; received {} in {:.1}s, signature by {} verified.",
+            "Wrote \"{}\" ({} file(s), {}) to {}; received {} in {:.1}s, {signer}.",
             manifest.title,
             manifest.files.len(),
             ui::bytes(report.total_bytes),
             out_abs.display(),
             ui::bytes(report.received_bytes),
             report.elapsed.as_secs_f64(),
-            manifest.author.short(),
         );
         if !args.no_seed {
             eprintln!("Now sharing it with your classmates. Press Ctrl-C to stop.");
@@ -211,41 +247,173 @@ async fn show_progress(
     }
 }
 
-/// Who the fetch accepts: `--trust` keys and the trust list; an unknown
-/// author is asked about on a terminal and, if accepted, added to it.
-fn trust_policy(
-    home: &Home,
+/// What the fetch knows to decide on a lesson's signer.
+struct Policy {
+    home: Home,
     extra_trust: Vec<AuthorKey>,
     trust_store: classe_bundle::TrustStore,
-) -> impl FnOnce(
-    SignedManifest,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = TrustDecision> + Send>> {
-    let home = home.clone();
-    move |manifest: SignedManifest| {
-        Box::pin(async move {
-            let author = manifest.manifest().author;
-            if extra_trust.contains(&author) || trust_store.contains(&author) {
-                return TrustDecision::Trusted;
-            }
-            let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-            if !interactive {
-                return TrustDecision::Refused;
-            }
-            let yes = tokio::task::spawn_blocking(move || ask_trust(&manifest))
-                .await
-                .unwrap_or(false);
-            if !yes {
-                return TrustDecision::Refused;
-            }
-            if let Ok(mut store) = home.trust_store() {
-                store.add(author, "");
-                if let Err(e) = store.save() {
-                    eprintln!("warning: could not save the trust list: {e}");
+    news: SchoolNews,
+    versions: VersionBook,
+    allow_older: bool,
+    max_staleness: u64,
+    root: Hash,
+    /// The certified signer, once accepted: for the final message.
+    endorsed: Endorsed,
+}
+
+type Endorsed = std::sync::Arc<std::sync::Mutex<Option<Endorsement>>>;
+
+impl Policy {
+    /// The decision on `manifest`: a trusted school's verdict first (a
+    /// revoked teacher is refused even if trusted directly), then `--trust`
+    /// and the trust list, then the no-rollback rule; an unknown author is
+    /// asked about on a terminal and, if accepted, added to the list.
+    async fn decide(self, manifest: SignedManifest) -> TrustDecision {
+        let m = manifest.manifest();
+        let author = m.author;
+        let direct = self.extra_trust.contains(&author) || self.trust_store.contains(&author);
+        self.news.wait_for_school(m).await;
+        let decision = decide(
+            &self.news.book(),
+            direct,
+            m,
+            *self.root.as_bytes(),
+            Home::now(),
+            self.max_staleness,
+        );
+        let endorsement = match decision {
+            Decision::Refused(r) => return TrustDecision::RefusedBecause(r.to_string()),
+            Decision::Certified(e) => Some(e),
+            Decision::Direct => None,
+            Decision::Unknown => {
+                if !ask_if_interactive(&self.home, manifest.clone()).await {
+                    return TrustDecision::Refused;
                 }
+                None
             }
-            TrustDecision::Trusted
-        })
+        };
+        if !self.allow_older {
+            if let Err(r) = self.versions.check(m) {
+                return TrustDecision::RefusedBecause(r.to_string());
+            }
+        }
+        if let Some(e) = endorsement {
+            for w in &e.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Ok(mut slot) = self.endorsed.lock() {
+                *slot = Some(e);
+            }
+        }
+        self.remember(m);
+        TrustDecision::Trusted
     }
+
+    /// Keeps the accepted version (no rollback later) and what the
+    /// certificate taught (a newer school key, a later signed time).
+    fn remember(mut self, m: &classe_bundle::Manifest) {
+        if let Err(e) = self.versions.accept(m, *self.root.as_bytes()) {
+            eprintln!("warning: could not record the lesson's version: {e}");
+        }
+        if let Some(creds) = &m.credentials {
+            if let Err(e) = self.news.book().learn(creds) {
+                eprintln!("warning: could not record the school's key: {e}");
+            }
+        }
+    }
+}
+
+/// How long a fetch waits for its school's newest word (a DHT read on a
+/// school network takes well under a second).
+const NEWS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The school book, kept up to date from the network during the fetch.
+#[derive(Clone)]
+struct SchoolNews {
+    book: std::sync::Arc<std::sync::Mutex<SchoolBook>>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+    /// Set once a bulletin arrived or nothing can arrive (no discovery).
+    settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SchoolNews {
+    fn new(book: SchoolBook) -> Self {
+        Self {
+            book: std::sync::Arc::new(std::sync::Mutex::new(book)),
+            arrived: Default::default(),
+            settled: Default::default(),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, SchoolBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Nothing will arrive (tickets only): never wait.
+    fn give_up(&self) {
+        self.settled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes in every school bulletin the control plane reports.
+    async fn listen(self, mut rx: tokio::sync::mpsc::Receiver<classe_node::ControlEvent>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                classe_node::ControlEvent::SchoolBulletin {
+                    school, bulletin, ..
+                } => match self.book().absorb(school, *bulletin) {
+                    Ok(true) => tracing::info!(%school, "newer school bulletin kept"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("school bulletin not kept: {e}"),
+                },
+                classe_node::ControlEvent::SchoolChecked { .. } => {
+                    self.settled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.arrived.notify_waiters();
+                }
+                _ => {}
+            }
+        }
+        self.give_up();
+        self.arrived.notify_waiters();
+    }
+
+    /// For a lesson certified by a trusted school: waits (a moment at
+    /// most) for the first read of the school's DHT record, so that a
+    /// pupil online gets a revocation issued minutes ago.
+    async fn wait_for_school(&self, m: &classe_bundle::Manifest) {
+        let Some(creds) = &m.credentials else { return };
+        if self.book().get(&creds.cert.cert.school).is_none() {
+            return;
+        }
+        let arrived = self.arrived.notified();
+        if self.settled.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let _ = tokio::time::timeout(NEWS_WAIT, arrived).await;
+    }
+}
+
+/// Asks on a terminal whether to trust an unknown author; adds them to
+/// the trust list if so. Refuses when nobody is at a terminal.
+async fn ask_if_interactive(home: &Home, manifest: SignedManifest) -> bool {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !interactive {
+        return false;
+    }
+    let author = manifest.manifest().author;
+    let yes = tokio::task::spawn_blocking(move || ask_trust(&manifest))
+        .await
+        .unwrap_or(false);
+    if yes {
+        if let Ok(mut store) = home.trust_store() {
+            store.add(author, "");
+            if let Err(e) = store.save() {
+                eprintln!("warning: could not save the trust list: {e}");
+            }
+        }
+    }
+    yes
 }
 
 /// Writes the fetched lesson to `out`, refusing up front when the disk
@@ -283,6 +451,7 @@ fn print_summary(
     root: Hash,
     out_abs: &Path,
     lookup: Option<(usize, f64)>,
+    endorsement: Option<&Endorsement>,
 ) -> Result<(), Exit> {
     let manifest = report.manifest.manifest();
     // How each provider's bytes travelled: direct or relayed (QUIC
@@ -317,6 +486,9 @@ fn print_summary(
         "relay_url": me.relay_url,
         "first_byte_secs": report.first_byte_secs,
         "paths": provider_paths,
+        "certified": endorsement.map(|e| serde_json::json!({
+            "teacher": e.teacher, "school": e.school, "school_key": e.identity.to_string(),
+        })),
     });
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{summary}").map_err(crate::exit::io("cannot write to stdout"))?;

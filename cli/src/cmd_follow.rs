@@ -14,6 +14,14 @@ pub struct FollowArgs {
     /// List the keys followed (the same as giving no key).
     #[arg(long)]
     list: bool,
+    /// Follow a school instead: mirror the lessons of every teacher it
+    /// certifies (and trust it). KEY is the school key.
+    #[arg(long, value_name = "KEY", conflicts_with = "key")]
+    school: Option<String>,
+    /// With --school: the school's name (default: the one in its
+    /// certificates).
+    #[arg(long, requires = "school")]
+    name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -23,6 +31,24 @@ pub struct UnfollowArgs {
 }
 
 pub fn follow(home: &Home, args: FollowArgs) -> Result<(), Exit> {
+    if let Some(text) = &args.school {
+        let key = parse_key(text)?;
+        let mut book = home.school_book()?;
+        if book.get(&key).is_none() || args.name.is_some() {
+            book.add(key, args.name.as_deref().unwrap_or(""))?;
+        }
+        let mut schools = home.followed_schools()?;
+        if schools.contains(&key) {
+            eprintln!("Already following the school {key}.");
+        } else {
+            schools.push(key);
+            home.save_followed_schools(&schools)?;
+            eprintln!(
+                "Following the school {key}: `classe seed` will mirror the lessons of every teacher it certifies."
+            );
+        }
+        return Ok(());
+    }
     let mut keys = home.follow_list()?;
     match args.key {
         Some(text) if !args.list => {
@@ -41,6 +67,9 @@ pub fn follow(home: &Home, args: FollowArgs) -> Result<(), Exit> {
             for k in keys {
                 println!("{k}");
             }
+            for k in home.followed_schools()? {
+                println!("{k} (school)");
+            }
         }
     }
     Ok(())
@@ -48,6 +77,13 @@ pub fn follow(home: &Home, args: FollowArgs) -> Result<(), Exit> {
 
 pub fn unfollow(home: &Home, args: UnfollowArgs) -> Result<(), Exit> {
     let key = parse_key(&args.key)?;
+    let mut schools = home.followed_schools()?;
+    if schools.contains(&key) {
+        schools.retain(|k| *k != key);
+        home.save_followed_schools(&schools)?;
+        eprintln!("No longer following the school {key}.");
+        return Ok(());
+    }
     let mut keys = home.follow_list()?;
     let before = keys.len();
     keys.retain(|k| *k != key);

@@ -41,6 +41,11 @@ pub struct SeedArgs {
     /// `follow` in the config and to `classe follow`.
     #[arg(long = "follow", value_name = "KEY")]
     follow: Vec<String>,
+    /// Mirror the lessons of every teacher this school key certifies (the
+    /// school must be trusted: `classe follow --school` does both).
+    /// Repeatable; added to `follow_schools` in the config.
+    #[arg(long = "follow-school", value_name = "KEY")]
+    follow_school: Vec<String>,
     /// Also write every mirrored lesson into DIR/<title>; a newer version
     /// replaces the older folder.
     #[arg(long, value_name = "DIR")]
@@ -128,6 +133,7 @@ fn event(value: serde_json::Value) {
 struct Settings {
     file: FileConfig,
     follow: Vec<AuthorKey>,
+    schools: Vec<AuthorKey>,
     out: Option<PathBuf>,
     listen: std::net::SocketAddr,
 }
@@ -157,7 +163,29 @@ fn settings(home: &Home, args: &SeedArgs) -> Result<Settings, Exit> {
             follow.push(key);
         }
     }
+    let mut schools: Vec<AuthorKey> = Vec::new();
+    let listed = home.followed_schools()?;
+    for key in args
+        .follow_school
+        .iter()
+        .chain(&file.follow_schools)
+        .map(|t| parse_key(t))
+        .chain(listed.into_iter().map(Ok))
+    {
+        let key = key?;
+        if !schools.contains(&key) {
+            schools.push(key);
+        }
+    }
+    let book = home.school_book()?;
+    if let Some(k) = schools.iter().find(|k| book.get(k).is_none()) {
+        return Err(Exit::new(
+            USAGE,
+            format!("the school {k} is followed but not trusted; run `classe follow --school {k} --name NAME`"),
+        ));
+    }
     Ok(Settings {
+        schools,
         out: args.out.clone().or(file.out.clone()),
         listen: args
             .listen
@@ -166,6 +194,37 @@ fn settings(home: &Home, args: &SeedArgs) -> Result<Settings, Exit> {
         follow,
         file,
     })
+}
+
+/// The schools followed, with this node's mirror certificate if it has
+/// one (to countersign and sign statements).
+fn school_seeding(
+    home: &Home,
+    schools: Vec<AuthorKey>,
+) -> Result<Option<classe_node::SchoolSeeding>, Exit> {
+    if schools.is_empty() {
+        return Ok(None);
+    }
+    let signer = match home.credentials()? {
+        Some(c) if c.cert.cert.roles & classe_bundle::school::ROLE_MIRROR != 0 => {
+            Some(std::sync::Arc::new((c.cert, home.author_secret()?)))
+        }
+        _ => {
+            eprintln!("note: this seed node has no certificate with the mirror role: it mirrors the school's lessons but cannot countersign them (`classe school certify KEY --role mirror`, then `classe id --cert FILE` here)");
+            None
+        }
+    };
+    Ok(Some(classe_node::SchoolSeeding {
+        schools,
+        book_dir: home.dir.join("schools"),
+        signer,
+        statement_every: std::time::Duration::from_secs(
+            std::env::var("CLASSE_STATEMENT_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3600),
+        ),
+    }))
 }
 
 /// Starts the school's relay if one is configured; the node then uses it
@@ -196,18 +255,21 @@ pub async fn run(home: &Home, args: SeedArgs) -> Result<(), Exit> {
     let Settings {
         file,
         follow,
+        schools,
         out,
         listen,
     } = settings(home, &args)?;
     let mut config = home.node_config_from(&args.net, &file, Some(listen))?;
     if let Some(control) = &mut config.control {
         control.follow = follow.clone();
+        control.schools = schools.clone();
     }
     let relay = start_relay(&args, &file, &mut config).await?;
     let seed_config = SeedConfig {
         follow,
         out,
         log: Some(home.announcement_log()),
+        school: school_seeding(home, schools)?,
         ..SeedConfig::default()
     };
     let result = with_node(home, config, args.stats.as_deref(), async |node, stats| {
@@ -278,7 +340,13 @@ async fn greet(
             .map(|d| format!("; writing lessons to {}", d.display()))
             .unwrap_or_default()
     );
-    if config.follow.is_empty() {
+    if let Some(s) = &config.school {
+        eprintln!(
+            "Following {} school(s): every teacher they certify is mirrored.",
+            s.schools.len()
+        );
+    }
+    if config.follow.is_empty() && config.school.is_none() {
         eprintln!(
             "note: no author followed; add one with --follow KEY, `follow` in the config, or `classe follow KEY`"
         );
@@ -318,6 +386,17 @@ fn seed_event_json(ev: SeedEvent) -> serde_json::Value {
         }),
         SeedEvent::Ignored { reason, from } => serde_json::json!({
             "event": "ignored", "reason": reason, "from": from,
+        }),
+        SeedEvent::Withheld { root } => serde_json::json!({
+            "event": "withheld", "root": root.to_hex(),
+        }),
+        SeedEvent::Bulletin {
+            school,
+            revocation_seq,
+            via,
+        } => serde_json::json!({
+            "event": "bulletin", "school": school.to_string(),
+            "revocation_seq": revocation_seq, "via": via,
         }),
     }
 }

@@ -35,7 +35,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
     let config = home.node_config(&args.net)?;
     with_node(home, config, args.stats.as_deref(), async |node, _| {
         node.discard_control_events();
-        let imported = import(node, &args, &secret).await?;
+        let imported = import(home, node, &args, &secret).await?;
         let manifest = imported.manifest.manifest();
         node.serve_bundle(imported.root, manifest);
         // Damage in this store is said in the log (warn), bundle and file.
@@ -75,6 +75,7 @@ pub async fn run(home: &Home, args: ShareArgs) -> Result<(), Exit> {
 
 /// Imports the folder into the store, with a progress bar.
 async fn import(
+    home: &Home,
     node: &classe_node::Node,
     args: &ShareArgs,
     secret: &classe_bundle::AuthorSecret,
@@ -83,6 +84,7 @@ async fn import(
     let options = ImportOptions {
         title: args.title.clone(),
         new_lesson: args.new_lesson,
+        credentials: credentials(home, secret)?,
     };
     let imported = node
         .store()
@@ -104,6 +106,34 @@ async fn import(
             Err(e.into())
         }
     }
+}
+
+/// The certificate installed with `classe id --cert`, checked against
+/// this key and the clock, with a warning when pupils would refuse it.
+fn credentials(
+    home: &Home,
+    secret: &classe_bundle::AuthorSecret,
+) -> Result<Option<classe_bundle::school::Credentials>, Exit> {
+    let Some(creds) = home.credentials()? else {
+        return Ok(None);
+    };
+    let cert = &creds.cert.cert;
+    let when = classe_bundle::anchor::date;
+    if cert.subject != secret.public() {
+        eprintln!(
+            "warning: the certificate installed is for {}, not for your author key; pupils will refuse this lesson. Install yours with `classe id --cert FILE`",
+            cert.subject
+        );
+    } else if cert.not_after < Home::now() {
+        eprintln!(
+            "warning: your certificate by {} expired on {}; pupils will refuse this lesson. Ask the school for a new one",
+            cert.school_name,
+            when(cert.not_after)
+        );
+    } else if cert.roles & classe_bundle::school::ROLE_PUBLISH == 0 {
+        eprintln!("warning: your certificate is for a seed node, not for publishing; pupils will refuse this lesson");
+    }
+    Ok(Some(creds))
 }
 
 /// What is shared, on stderr.
@@ -131,7 +161,15 @@ fn describe(imported: &Imported, secret: &classe_bundle::AuthorSecret) {
             imported.skipped.len()
         );
     }
-    eprintln!("Signed by your author key {}.", secret.public());
+    match &manifest.credentials {
+        Some(c) => eprintln!(
+            "Signed by your author key {}, certified by {} as {}.",
+            secret.public(),
+            c.cert.cert.school_name,
+            c.cert.cert.name
+        ),
+        None => eprintln!("Signed by your author key {}.", secret.public()),
+    }
 }
 
 /// One warning line per entry left out.

@@ -125,6 +125,7 @@ impl From<classe_node::SeedError> for Exit {
     fn from(e: classe_node::SeedError) -> Self {
         match e {
             classe_node::SeedError::Store(r) => r.into(),
+            classe_node::SeedError::Schools(a) => a.into(),
             classe_node::SeedError::NoControl | classe_node::SeedError::Out { .. } => {
                 Exit::new(IO, e.to_string()).with_source(&e)
             }
@@ -151,7 +152,8 @@ impl From<classe_node::FetchError> for Exit {
             FetchError::NoProvider(_) => UNREACHABLE,
             FetchError::WrongAuthor { .. }
             | FetchError::InvalidSignature
-            | FetchError::Untrusted(_) => UNTRUSTED,
+            | FetchError::Untrusted(_)
+            | FetchError::Refused(_) => UNTRUSTED,
             FetchError::UnsafeManifest(_) | FetchError::Verification(_) => VERIFY,
             FetchError::Store(_) => IO,
         };
@@ -213,5 +215,29 @@ impl From<classe_bundle::TrustError> for Exit {
 impl From<classe_node::PublishError> for Exit {
     fn from(e: classe_node::PublishError) -> Self {
         Exit::new(IO, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_bundle::anchor::AnchorError> for Exit {
+    fn from(e: classe_bundle::anchor::AnchorError) -> Self {
+        use classe_bundle::anchor::AnchorError;
+        let code = match &e {
+            AnchorError::Io { .. } | AnchorError::Damaged { .. } => IO,
+            AnchorError::Bulletin(_) => UNTRUSTED,
+            AnchorError::UnknownSchool(_) => USAGE,
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
+    }
+}
+
+impl From<classe_bundle::registry::RegistryError> for Exit {
+    fn from(e: classe_bundle::registry::RegistryError) -> Self {
+        use classe_bundle::registry::RegistryError;
+        let code = match &e {
+            RegistryError::Io { .. } | RegistryError::Key(_) => IO,
+            RegistryError::Damaged { .. } => IO,
+            _ => USAGE,
+        };
+        Exit::new(code, e.to_string()).with_source(&e)
     }
 }

@@ -59,6 +59,12 @@ pub struct FileConfig {
     pub relay_host: Option<String>,
     /// `seed` only: most bytes per second the relay takes from one node.
     pub relay_max_rate: Option<String>,
+    /// `seed` only: schools whose certified teachers to mirror.
+    #[serde(default)]
+    pub follow_schools: Vec<String>,
+    /// Warn when the school's newest word is older than this many hours
+    /// (default 48).
+    pub school_freshness_hours: Option<u64>,
 }
 
 impl FileConfig {
@@ -130,13 +136,74 @@ impl Home {
         Ok(TrustStore::load(self.dir.join("trust"))?)
     }
 
+    /// The school key's folder (`classe school`), apart from the author key.
+    pub fn school_dir(&self) -> PathBuf {
+        self.dir.join("school")
+    }
+
+    /// The schools this user trusts and what is known of them.
+    pub fn school_book(&self) -> Result<classe_bundle::anchor::SchoolBook, Exit> {
+        classe_bundle::anchor::SchoolBook::load(self.dir.join("schools")).map_err(Exit::from)
+    }
+
+    /// The newest version accepted of each lesson.
+    pub fn version_book(&self) -> Result<classe_bundle::anchor::VersionBook, Exit> {
+        classe_bundle::anchor::VersionBook::load(self.dir.join("versions")).map_err(Exit::from)
+    }
+
+    /// Where `classe id --cert` keeps the teacher's certificate.
+    pub fn credentials_path(&self) -> PathBuf {
+        self.dir.join("credentials")
+    }
+
+    /// The certificate installed with `classe id --cert`, if any.
+    pub fn credentials(&self) -> Result<Option<classe_bundle::school::Credentials>, Exit> {
+        let path = self.credentials_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => classe_bundle::school::Credentials::from_text(&text)
+                .map(Some)
+                .map_err(|e| {
+                    Exit::new(
+                        USAGE,
+                        format!("{} is damaged ({e}); install the certificate again with `classe id --cert FILE`", path.display()),
+                    )
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(crate::exit::io(format!("cannot read {}", path.display()))(e)),
+        }
+    }
+
+    /// The schools `classe follow --school` added.
+    pub fn followed_schools(&self) -> Result<Vec<AuthorKey>, Exit> {
+        self.key_list("follow-schools")
+    }
+
+    pub fn save_followed_schools(&self, keys: &[AuthorKey]) -> Result<(), Exit> {
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        write_atomic(&self.dir.join("follow-schools"), text.as_bytes())
+    }
+
+    /// How old the school's newest word may be before a fetch warns.
+    pub fn max_staleness_secs(&self) -> Result<u64, Exit> {
+        Ok(self
+            .file_config()?
+            .school_freshness_hours
+            .map(|h| h.saturating_mul(3600))
+            .unwrap_or(classe_bundle::anchor::DEFAULT_MAX_STALENESS_SECS))
+    }
+
     pub fn file_config(&self) -> Result<FileConfig, Exit> {
         FileConfig::read(&self.dir.join("config.toml"))
     }
 
     /// The authors `classe follow` added.
     pub fn follow_list(&self) -> Result<Vec<AuthorKey>, Exit> {
-        let path = self.dir.join("follow");
+        self.key_list("follow")
+    }
+
+    /// A file of keys, one per line (then anything), `#` comments.
+    fn key_list(&self, name: &str) -> Result<Vec<AuthorKey>, Exit> {
+        let path = self.dir.join(name);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -240,6 +307,20 @@ impl Home {
         Ok(config)
     }
 
+    /// Seconds since the epoch: the system clock, or `CLASSE_NOW` (to
+    /// reproduce a decision at another date, and for tests).
+    pub fn now() -> u64 {
+        std::env::var("CLASSE_NOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            })
+    }
+
     pub async fn open_store(&self) -> Result<classe_store::Store, Exit> {
         Ok(classe_store::Store::open(&self.store_dir()).await?)
     }
@@ -252,7 +333,7 @@ impl Home {
 }
 
 /// Writes a small file by rename, so a crash leaves the old or the new.
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Exit> {
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Exit> {
     classe_node::announce::write_atomic(path, bytes)
         .map_err(crate::exit::io(format!("cannot write {}", path.display())))
 }

@@ -11,6 +11,7 @@
 mod cmd_fetch;
 mod cmd_follow;
 mod cmd_id;
+mod cmd_school;
 mod cmd_seed;
 mod cmd_share;
 mod cmd_store;
@@ -50,9 +51,13 @@ struct Cli {
 enum Command {
     /// Print your author key (the identity pupils trust), or move it.
     Id(cmd_id::IdArgs),
-    /// Manage the authors whose lessons you accept.
+    /// Manage the authors and schools whose lessons you accept.
     #[command(subcommand)]
     Trust(cmd_id::TrustCommand),
+    /// The school's key: certify teachers, revoke, rotate (for the
+    /// school's IT person).
+    #[command(subcommand)]
+    School(cmd_school::SchoolCommand),
     /// Share a folder or file: print a ticket, then serve until stopped.
     Share(cmd_share::ShareArgs),
     /// Fetch a lesson from a ticket, write it to a folder, then re-share it.
@@ -162,6 +167,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
     match cli.command {
         Command::Id(args) => cmd_id::id(&home, args),
         Command::Trust(cmd) => cmd_id::trust(&home, cmd),
+        Command::School(cmd) => cmd_school::run(&home, cmd),
         Command::Share(args) => cmd_share::run(&home, args).await,
         Command::Fetch(args) => cmd_fetch::run(&home, args).await,
         Command::Seed(args) => cmd_seed::run(&home, args).await,

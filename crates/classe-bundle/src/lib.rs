@@ -2,6 +2,8 @@
 //!
 //! This crate is pure: no network, no async, no iroh. It knows
 //!
+//! - [`anchor`]: what a node knows of the schools it trusts, the chain
+//!   check of a certified lesson, and the no-rollback rule;
 //! - [`announce`]: signed "version V of lesson L is bundle R" messages
 //!   and the rule that only a newer version replaces an older one;
 //! - [`keys`]: the teacher's *author key* (ed25519) and how it is stored;
@@ -9,6 +11,10 @@
 //!   version, files with their sizes and BLAKE3 hashes), its canonical
 //!   encoding and its signature;
 //! - [`path`]: which relative paths are safe to write on a pupil's disk;
+//! - [`registry`]: the school's own key and register (certify, revoke,
+//!   rotate, export);
+//! - [`school`]: what a school signs (certificates, key rotations,
+//!   revocation lists, its seed node's statements);
 //! - [`swarm_wire`]: the messages of the swarm protocol and their frames;
 //! - [`ticket`]: the short text a teacher hands out;
 //! - [`trust`]: the list of authors a pupil accepts.
@@ -20,12 +26,15 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod anchor;
 pub mod announce;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
 pub mod manifest;
 pub mod path;
+pub mod registry;
+pub mod school;
 pub mod swarm_wire;
 pub mod ticket;
 pub mod trust;

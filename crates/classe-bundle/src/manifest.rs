@@ -23,6 +23,7 @@ use crate::{
     keys::{AuthorKey, AuthorSecret},
     limits::{MAX_FILES, MAX_MANIFEST_BYTES, MAX_TITLE_BYTES, MAX_TOTAL_BYTES},
     path::{validate_tree, PathError},
+    school::Credentials,
 };
 
 /// Prefix of every signed manifest message in format 1 (no empty folders).
@@ -31,6 +32,10 @@ pub const SIGNATURE_DOMAIN: &[u8] = b"classe/manifest/v1\0";
 /// Prefix of every signed manifest message in format 2 (with empty
 /// folders).
 pub const SIGNATURE_DOMAIN_V2: &[u8] = b"classe/manifest/v2\0";
+
+/// Prefix of every signed manifest message in format 3 (with the
+/// teacher's school credentials).
+pub const SIGNATURE_DOMAIN_V3: &[u8] = b"classe/manifest/v3\0";
 
 /// Names a lesson across its versions: version 3 of a lesson has the same
 /// lesson id as version 1.
@@ -89,6 +94,100 @@ pub struct Manifest {
     /// recreated (empty) on export. Only the deepest ones are listed: `a/b`
     /// implies `a`. Empty in format 1.
     pub dirs: Vec<String>,
+    /// The teacher's certificate by their school, with the school's key
+    /// chain (format 3): a pupil who trusts the school checks it offline.
+    pub credentials: Option<Credentials>,
+}
+
+/// Format 2 of [`Manifest`]: without credentials.
+#[derive(Serialize, Deserialize)]
+struct ManifestV2 {
+    lesson_id: LessonId,
+    version: u64,
+    title: String,
+    author: AuthorKey,
+    created_unix_secs: u64,
+    files: Vec<FileEntry>,
+    dirs: Vec<String>,
+}
+
+/// Format 3 of [`Manifest`]: format 2's fields, then the credentials.
+#[derive(Serialize, Deserialize)]
+struct ManifestV3 {
+    lesson_id: LessonId,
+    version: u64,
+    title: String,
+    author: AuthorKey,
+    created_unix_secs: u64,
+    files: Vec<FileEntry>,
+    dirs: Vec<String>,
+    credentials: Credentials,
+}
+
+/// The one format a manifest is written in, chosen by its content.
+/// Short-lived (built to encode), so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Format {
+    V1(ManifestV1),
+    V2(ManifestV2),
+    V3(ManifestV3),
+}
+
+impl Format {
+    fn of(m: &Manifest) -> Self {
+        match (&m.credentials, m.dirs.is_empty()) {
+            (Some(credentials), _) => Format::V3(ManifestV3 {
+                lesson_id: m.lesson_id,
+                version: m.version,
+                title: m.title.clone(),
+                author: m.author,
+                created_unix_secs: m.created_unix_secs,
+                files: m.files.clone(),
+                dirs: m.dirs.clone(),
+                credentials: credentials.clone(),
+            }),
+            (None, true) => Format::V1(ManifestV1::of(m)),
+            (None, false) => Format::V2(ManifestV2 {
+                lesson_id: m.lesson_id,
+                version: m.version,
+                title: m.title.clone(),
+                author: m.author,
+                created_unix_secs: m.created_unix_secs,
+                files: m.files.clone(),
+                dirs: m.dirs.clone(),
+            }),
+        }
+    }
+}
+
+impl ManifestV2 {
+    fn into_manifest(self) -> Manifest {
+        Manifest {
+            lesson_id: self.lesson_id,
+            version: self.version,
+            title: self.title,
+            author: self.author,
+            created_unix_secs: self.created_unix_secs,
+            files: self.files,
+            dirs: self.dirs,
+            credentials: None,
+        }
+    }
+}
+
+impl ManifestV3 {
+    fn into_manifest(self) -> Manifest {
+        Manifest {
+            lesson_id: self.lesson_id,
+            version: self.version,
+            title: self.title,
+            author: self.author,
+            created_unix_secs: self.created_unix_secs,
+            files: self.files,
+            dirs: self.dirs,
+            credentials: Some(self.credentials),
+        }
+    }
 }
 
 /// Format 1 of [`Manifest`]: the same fields without `dirs`.
@@ -123,6 +222,7 @@ impl ManifestV1 {
             created_unix_secs: self.created_unix_secs,
             files: self.files,
             dirs: Vec::new(),
+            credentials: None,
         }
     }
 }
@@ -132,15 +232,21 @@ type SignatureBytes = [[u8; 32]; 2];
 
 /// The versioned envelope on the wire. A new format is a new variant, and
 /// old readers refuse it with a clear error. `V2`'s manifest encodes as
-/// `V1`'s followed by the folder list.
+/// `V1`'s followed by the folder list, `V3`'s as `V2`'s followed by the
+/// credentials.
 #[derive(Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 enum Wire {
     V1 {
         manifest: ManifestV1,
         signature: SignatureBytes,
     },
     V2 {
-        manifest: Manifest,
+        manifest: ManifestV2,
+        signature: SignatureBytes,
+    },
+    V3 {
+        manifest: ManifestV3,
         signature: SignatureBytes,
     },
 }
@@ -181,15 +287,14 @@ impl Manifest {
     /// folders, format 2 with.
     pub fn signing_message(&self) -> Vec<u8> {
         // Encoding a plain struct into a Vec cannot fail.
-        if self.dirs.is_empty() {
-            let mut message = SIGNATURE_DOMAIN.to_vec();
-            message.extend(postcard::to_stdvec(&ManifestV1::of(self)).unwrap_or_default());
-            message
-        } else {
-            let mut message = SIGNATURE_DOMAIN_V2.to_vec();
-            message.extend(postcard::to_stdvec(self).unwrap_or_default());
-            message
-        }
+        let (domain, body) = match Format::of(self) {
+            Format::V1(m) => (SIGNATURE_DOMAIN, postcard::to_stdvec(&m)),
+            Format::V2(m) => (SIGNATURE_DOMAIN_V2, postcard::to_stdvec(&m)),
+            Format::V3(m) => (SIGNATURE_DOMAIN_V3, postcard::to_stdvec(&m)),
+        };
+        let mut message = domain.to_vec();
+        message.extend(body.unwrap_or_default());
+        message
     }
 
     /// Sum of all file sizes (saturating: a manifest not yet validated
@@ -265,16 +370,19 @@ impl SignedManifest {
         let mut halves = [[0u8; 32]; 2];
         halves[0].copy_from_slice(a);
         halves[1].copy_from_slice(b);
-        let wire = if self.manifest.dirs.is_empty() {
-            Wire::V1 {
-                manifest: ManifestV1::of(&self.manifest),
+        let wire = match Format::of(&self.manifest) {
+            Format::V1(manifest) => Wire::V1 {
+                manifest,
                 signature: halves,
-            }
-        } else {
-            Wire::V2 {
-                manifest: self.manifest.clone(),
+            },
+            Format::V2(manifest) => Wire::V2 {
+                manifest,
                 signature: halves,
-            }
+            },
+            Format::V3(manifest) => Wire::V3 {
+                manifest,
+                signature: halves,
+            },
         };
         postcard::to_stdvec(&wire).unwrap_or_default()
     }
@@ -300,7 +408,11 @@ impl SignedManifest {
             Wire::V2 {
                 manifest,
                 signature,
-            } => (manifest, signature),
+            } => (manifest.into_manifest(), signature),
+            Wire::V3 {
+                manifest,
+                signature,
+            } => (manifest.into_manifest(), signature),
         };
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&signature[0]);
@@ -371,6 +483,7 @@ mod tests {
                 },
             ],
             dirs: Vec::new(),
+            credentials: None,
         }
     }
 
@@ -542,10 +655,70 @@ mod tests {
             .starts_with(SIGNATURE_DOMAIN));
     }
 
+    fn certified(secret: &AuthorSecret) -> Manifest {
+        use crate::school::{Certificate, SignedCertificate, ROLE_PUBLISH};
+        let school = AuthorSecret::generate();
+        let cert = Certificate {
+            school: school.public(),
+            school_name: "Collège Jean Moulin".into(),
+            key_version: 0,
+            serial: 7,
+            subject: secret.public(),
+            name: "Mme Martin".into(),
+            roles: ROLE_PUBLISH,
+            not_before: 1,
+            not_after: 2,
+        };
+        let mut m = with_dirs(secret, &["à rendre"]);
+        m.credentials = Some(Credentials {
+            chain: vec![],
+            cert: SignedCertificate::sign(cert, &school).unwrap(),
+        });
+        m
+    }
+
+    #[test]
+    fn format_3_carries_the_certificate_under_its_own_domain() {
+        let secret = AuthorSecret::generate();
+        let signed = SignedManifest::sign(certified(&secret), &secret).unwrap();
+        let bytes = signed.to_bytes();
+        assert_eq!(bytes[0], 2, "variant V3");
+        let back = SignedManifest::decode_verified(&bytes).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.manifest(), &certified_manifest_of(&signed));
+        assert!(signed
+            .manifest()
+            .signing_message()
+            .starts_with(SIGNATURE_DOMAIN_V3));
+        // The same content without the certificate is another manifest,
+        // signed under format 2's domain: a certificate cannot be removed
+        // or added without the author's signature.
+        let mut stripped = back.manifest().clone();
+        stripped.credentials = None;
+        let forged = SignedManifest::from_parts(stripped, *signed.signature()).to_bytes();
+        assert!(matches!(
+            SignedManifest::decode_verified(&forged),
+            Err(ManifestError::BadSignature)
+        ));
+    }
+
+    fn certified_manifest_of(m: &SignedManifest) -> Manifest {
+        m.manifest().clone()
+    }
+
     #[test]
     fn format_2_with_no_folder_is_not_canonical() {
         let secret = AuthorSecret::generate();
-        let manifest = sample(&secret);
+        let m = sample(&secret);
+        let manifest = ManifestV2 {
+            lesson_id: m.lesson_id,
+            version: m.version,
+            title: m.title,
+            author: m.author,
+            created_unix_secs: m.created_unix_secs,
+            files: m.files,
+            dirs: m.dirs,
+        };
         let mut message = SIGNATURE_DOMAIN_V2.to_vec();
         message.extend(postcard::to_stdvec(&manifest).unwrap());
         let signature = secret.sign(&message);

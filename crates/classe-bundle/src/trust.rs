@@ -137,19 +137,24 @@ impl TrustStore {
         if let Some(parent) = self.path.parent() {
             fs::create_dir_all(parent).map_err(err)?;
         }
-        let text = self.to_text();
-        // A name of our own: two processes writing at once must not share one.
-        let tmp = self
-            .path
-            .with_extension(format!("{}.tmp", std::process::id()));
-        fs::write(&tmp, text).map_err(err)?;
-        fs::rename(&tmp, &self.path).map_err(err)
+        write_atomic(&self.path, self.to_text().as_bytes()).map_err(err)
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file of this process and
+/// a rename: readers see the old file or the new one, never half.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    // A name of our own: two processes writing at once must not share one.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// A name as kept and shown: a tab becomes a space, other control
 /// characters (a terminal escape) are dropped, and the ends are trimmed.
-fn clean_name(name: &str) -> String {
+pub(crate) fn clean_name(name: &str) -> String {
     let name: String = name
         .chars()
         .filter_map(|c| match c {

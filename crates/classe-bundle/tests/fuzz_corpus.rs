@@ -186,6 +186,7 @@ fn sample_manifest(author: AuthorKey, files: &[(&str, u64)]) -> Manifest {
             })
             .collect(),
         dirs: Vec::new(),
+        credentials: None,
     }
 }
 

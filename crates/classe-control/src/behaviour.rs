@@ -11,8 +11,8 @@ use crate::{ControlConfig, ControlError, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 
 /// Largest Kademlia message: a catch-up record must fit.
 const KAD_MAX_PACKET: usize = 64 * 1024;
-/// Largest gossip message: one announcement and its envelope.
-const GOSSIP_MAX_TRANSMIT: usize = 8 * 1024;
+/// Largest gossip message: a school bulletin and its envelope.
+const GOSSIP_MAX_TRANSMIT: usize = classe_bundle::school::MAX_BULLETIN_BYTES + 1024;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -42,7 +42,13 @@ impl Behaviour {
             peer_id,
             kad::store::MemoryStoreConfig {
                 max_records: 1024,
-                max_value_bytes: classe_bundle::announce::MAX_RECORD_BYTES,
+                max_value_bytes: if classe_bundle::announce::MAX_RECORD_BYTES
+                    > classe_bundle::school::MAX_BULLETIN_BYTES
+                {
+                    classe_bundle::announce::MAX_RECORD_BYTES
+                } else {
+                    classe_bundle::school::MAX_BULLETIN_BYTES
+                },
                 max_providers_per_key: 32,
                 max_provided_keys: 4096,
             },
@@ -102,6 +108,28 @@ impl Behaviour {
 pub(crate) fn topic(author: &classe_bundle::AuthorKey) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("classe/announce/v1/{author}"))
 }
+
+/// Gossip topic of a school: its bulletins and its certified teachers'
+/// announcements.
+pub(crate) fn school_topic(school: &classe_bundle::AuthorKey) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("classe/school/v1/{school}"))
+}
+
+/// DHT key of a school's bulletin.
+pub(crate) fn school_record_key(school: &classe_bundle::AuthorKey) -> kad::RecordKey {
+    let mut k = SCHOOL_PREFIX.to_vec();
+    k.extend_from_slice(school.as_bytes());
+    kad::RecordKey::new(&k)
+}
+
+/// The school a bulletin record key names.
+pub(crate) fn record_school(key: &kad::RecordKey) -> Option<classe_bundle::AuthorKey> {
+    let rest = key.as_ref().strip_prefix(SCHOOL_PREFIX)?;
+    let bytes: [u8; 32] = rest.try_into().ok()?;
+    classe_bundle::AuthorKey::from_bytes(bytes).ok()
+}
+
+pub(crate) const SCHOOL_PREFIX: &[u8] = b"classe/school/v1/";
 
 /// DHT key of a bundle's provider records.
 pub(crate) fn provider_key(root: &[u8; 32]) -> kad::RecordKey {

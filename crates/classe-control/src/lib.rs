@@ -70,6 +70,9 @@ pub struct ControlConfig {
     pub relay_url: Option<String>,
     /// Authors whose announcements are accepted.
     pub follow: Vec<AuthorKey>,
+    /// Schools whose bulletins (and certified teachers' announcements) are
+    /// received: their gossip topic and DHT record.
+    pub schools: Vec<AuthorKey>,
     /// Announcements known from an earlier run: the starting book, so a
     /// replay of something older is recognised after a restart.
     pub known: Vec<SignedAnnouncement>,
@@ -90,6 +93,7 @@ impl Default for ControlConfig {
             data_addrs: Vec::new(),
             relay_url: None,
             follow: Vec::new(),
+            schools: Vec::new(),
             known: Vec::new(),
             provider_ttl: Duration::from_secs(30 * 60),
             provider_refresh: Duration::from_secs(10 * 60),
@@ -108,6 +112,33 @@ pub enum ControlEvent {
         announcement: SignedAnnouncement,
         /// Where it came from: `gossip`, `dht` or `local`.
         via: &'static str,
+    },
+    /// A school bulletin newer than the one held, verified against the
+    /// school's identity (its chain, list and statement signatures).
+    SchoolBulletin {
+        /// The school's identity.
+        school: AuthorKey,
+        /// The bulletin.
+        bulletin: Box<classe_bundle::school::Bulletin>,
+        /// `gossip` or `dht`.
+        via: &'static str,
+    },
+    /// A read of a school's DHT record is over (its bulletin, if newer,
+    /// was reported before).
+    SchoolChecked {
+        /// The school's identity.
+        school: AuthorKey,
+    },
+    /// A teacher's announcement on a school's topic, with a certificate of
+    /// that school for its signer (chain and signature checked; dates,
+    /// roles and revocation are the receiver's to check).
+    Certified {
+        /// The school's identity.
+        school: AuthorKey,
+        /// The teacher's credentials.
+        credentials: Box<classe_bundle::school::Credentials>,
+        /// The announcement (signature checked).
+        announcement: SignedAnnouncement,
     },
     /// Something was refused (already counted in [`Stats`]).
     Ignored {
@@ -182,6 +213,9 @@ pub(crate) enum Command {
         relay_url: Option<String>,
     },
     Follow(AuthorKey),
+    FollowSchool(AuthorKey),
+    PublishBulletin(AuthorKey, Box<classe_bundle::school::Bulletin>),
+    PublishCertified(AuthorKey, Box<classe_bundle::school::SchoolMsg>),
     Announce(SignedAnnouncement),
     PublishRaw(AuthorKey, Vec<u8>),
     Book(oneshot::Sender<Vec<SignedAnnouncement>>),
@@ -281,6 +315,43 @@ impl Control {
     /// Starts accepting `author`'s announcements.
     pub async fn follow(&self, author: AuthorKey) {
         self.commands.send(Command::Follow(author)).await.ok();
+    }
+
+    /// Starts receiving `school`'s bulletins and its certified teachers'
+    /// announcements.
+    pub async fn follow_school(&self, school: AuthorKey) {
+        self.commands.send(Command::FollowSchool(school)).await.ok();
+    }
+
+    /// Publishes a school bulletin (on the school's seed node): on the
+    /// school's topic and in its DHT record, which this node then serves.
+    pub async fn publish_bulletin(
+        &self,
+        school: AuthorKey,
+        bulletin: classe_bundle::school::Bulletin,
+    ) {
+        self.commands
+            .send(Command::PublishBulletin(school, Box::new(bulletin)))
+            .await
+            .ok();
+    }
+
+    /// Publishes a certified teacher's announcement on the school's topic,
+    /// where the school's seed node hears of teachers it does not know yet.
+    pub async fn announce_certified(
+        &self,
+        credentials: classe_bundle::school::Credentials,
+        announcement: &SignedAnnouncement,
+    ) {
+        let school = credentials.cert.cert.school;
+        let msg = classe_bundle::school::SchoolMsg::Announce {
+            credentials,
+            announcement: announcement.to_bytes(),
+        };
+        self.commands
+            .send(Command::PublishCertified(school, Box::new(msg)))
+            .await
+            .ok();
     }
 
     /// Publishes an announcement of ours: on the author's topic (retried

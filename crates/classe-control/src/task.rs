@@ -9,12 +9,15 @@
 //! - `gossip`: followed authors, announcements that arrive, the book;
 //! - `publish`: our own announcements, retried while nobody listens;
 //! - `peers`: what peers tell of themselves (identify: data addresses, relay),
-//!   the addresses we advertise, peers to dial (bootstrap, tickets, mDNS).
+//!   the addresses we advertise, peers to dial (bootstrap, tickets, mDNS);
+//! - `school`: the schools' topics and DHT records (bulletins, certified
+//!   teachers' announcements).
 
 mod dht;
 mod gossip;
 mod peers;
 mod publish;
+mod school;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -59,6 +62,12 @@ struct State {
     awaiting: HashMap<PeerId, Vec<kad::QueryId>>,
     catch_ups: HashSet<kad::QueryId>,
     publications: Vec<Publication>,
+    /// Schools followed, with the newest bulletin of each.
+    schools: HashMap<AuthorKey, classe_bundle::school::Bulletin>,
+    /// Their topics.
+    school_topics: HashMap<libp2p::gossipsub::TopicHash, AuthorKey>,
+    /// DHT reads of school records in flight.
+    school_queries: HashMap<kad::QueryId, AuthorKey>,
     connections: usize,
     catch_up_every: Duration,
     last_catch_up: Option<Instant>,
@@ -144,6 +153,9 @@ pub(crate) async fn spawn(
         awaiting: HashMap::new(),
         catch_ups: HashSet::new(),
         publications: Vec::new(),
+        schools: HashMap::new(),
+        school_topics: HashMap::new(),
+        school_queries: HashMap::new(),
         connections: 0,
         advertised: Vec::new(),
         catch_up_every: config.catch_up_every,
@@ -153,6 +165,9 @@ pub(crate) async fn spawn(
     state.set_data_addrs(config.data_addrs, config.relay_url);
     for author in config.follow {
         state.follow(author);
+    }
+    for school in config.schools {
+        state.follow_school(school);
     }
     for addr in config.bootstrap {
         state.dial_bootstrap(addr);
@@ -237,6 +252,9 @@ impl State {
                 }
             }
             Command::Follow(author) => self.follow(author),
+            Command::FollowSchool(school) => self.follow_school(school),
+            Command::PublishBulletin(school, bulletin) => self.publish_bulletin(school, *bulletin),
+            Command::PublishCertified(school, msg) => self.publish_certified(school, *msg),
             Command::Announce(announcement) => self.announce(announcement),
             Command::PublishRaw(author, bytes) => self.publish(author, bytes),
             Command::Book(reply) => {

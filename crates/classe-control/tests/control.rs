@@ -74,7 +74,7 @@ async fn next_announced(events: &mut mpsc::Receiver<ControlEvent>) -> Option<Sig
         loop {
             match events.recv().await? {
                 ControlEvent::Announced { announcement, .. } => return Some(announcement),
-                ControlEvent::Ignored { .. } => continue,
+                _ => continue,
             }
         }
     })

@@ -121,6 +121,11 @@ impl Node {
             providers: vec![self.provider_info()],
         };
         let signed = SignedAnnouncement::sign(announcement, secret)?;
+        // A certified teacher also tells the school's topic, where the
+        // school's seed node hears of teachers it was never told about.
+        if let Some(creds) = &manifest.credentials {
+            control.announce_certified(creds.clone(), &signed).await;
+        }
         control.announce(signed).await;
         // Commands reach the actor in order: the book now holds it.
         log.save(control.book().await).await?;

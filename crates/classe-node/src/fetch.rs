@@ -81,6 +81,9 @@ pub enum TrustDecision {
     Trusted,
     /// Stop; download nothing more.
     Refused,
+    /// Stop, for this reason (a revoked teacher, an expired certificate,
+    /// an older version): one sentence for the user.
+    RefusedBecause(String),
 }
 
 /// Progress, for a progress bar. Sent with `try_send`: a slow reader misses
@@ -185,6 +188,9 @@ pub enum FetchError {
     /// The signer is not trusted.
     #[error("the bundle is signed by {0}, which you do not trust")]
     Untrusted(AuthorKey),
+    /// The trust policy refused the lesson, saying why.
+    #[error("{0}")]
+    Refused(String),
     /// The manifest is well signed but unsafe or over a limit.
     #[error("the manifest is unsafe: {0}")]
     UnsafeManifest(String),
@@ -268,6 +274,7 @@ impl Node {
         match trust(manifest.clone()).await {
             TrustDecision::Trusted => {}
             TrustDecision::Refused => return Err(FetchError::Untrusted(author)),
+            TrustDecision::RefusedBecause(why) => return Err(FetchError::Refused(why)),
         }
 
         // 3. Pin, then the files that are not complete yet. The DHT hears

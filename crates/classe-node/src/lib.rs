@@ -34,6 +34,7 @@ mod paths;
 mod provider;
 pub mod relay;
 pub mod seed;
+pub mod seed_school;
 mod swarm;
 mod traffic;
 
@@ -62,6 +63,7 @@ pub use fetch::{
 pub use paths::{PathBytes, QuicCounters};
 pub use relay::{RelayCarried, RelayError, RelayServer, RelayServerConfig};
 pub use seed::{MirrorError, Mirrored, Seed, SeedConfig, SeedError, SeedEvent};
+pub use seed_school::SchoolSeeding;
 pub use traffic::{PeerTraffic, Traffic, TrafficSnapshot};
 
 /// How long spawning waits for the school relay to answer, so the first

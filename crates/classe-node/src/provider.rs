@@ -284,6 +284,12 @@ impl Events {
             msg.tx.send(Err(AbortReason::Permission)).await.ok();
             return;
         }
+        // A lesson of a revoked teacher (the seed stopped serving it).
+        if self.store.is_withheld(msg.inner.request.hash) {
+            tracing::debug!(peer = %conn.name, "declining a request for a withheld bundle");
+            msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            return;
+        }
         // The seed's rule: no piece again while on its way or just sent.
         let admission = match self.registry.admit_piece(&msg.inner.request, conn.id) {
             Verdict::Declined => {

@@ -17,6 +17,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,7 +28,18 @@ use iroh_blobs::Hash;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{announce::AnnouncementLog, FetchError, FetchRequest, Node, TrustDecision};
+use crate::{
+    announce::AnnouncementLog,
+    seed_school::{SchoolSeeding, Schools},
+    FetchError, FetchRequest, Node, TrustDecision,
+};
+
+/// The seed's school state, shared with its mirror tasks.
+type SharedSchools = Option<Arc<std::sync::Mutex<Schools>>>;
+
+fn locked(s: &Arc<std::sync::Mutex<Schools>>) -> std::sync::MutexGuard<'_, Schools> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// How the seed service runs.
 #[derive(Debug, Clone)]
@@ -48,6 +60,8 @@ pub struct SeedConfig {
     pub retry_after: Duration,
     /// ...at most this many times in all.
     pub attempts: u32,
+    /// Schools whose certified teachers are mirrored.
+    pub school: Option<SchoolSeeding>,
 }
 
 impl Default for SeedConfig {
@@ -60,6 +74,7 @@ impl Default for SeedConfig {
             queue: 256,
             retry_after: Duration::from_secs(20),
             attempts: 5,
+            school: None,
         }
     }
 }
@@ -77,6 +92,21 @@ pub enum SeedEvent {
         attempt: u32,
         /// Why.
         error: MirrorError,
+    },
+    /// A held lesson is no longer served: its teacher was revoked and the
+    /// school had not countersigned it before the revocation.
+    Withheld {
+        /// The bundle.
+        root: Hash,
+    },
+    /// A school bulletin newer than the one held arrived.
+    Bulletin {
+        /// The school.
+        school: AuthorKey,
+        /// Its revocation list's sequence number (0: none).
+        revocation_seq: u64,
+        /// `gossip` or `dht`.
+        via: &'static str,
     },
     /// The control plane refused something (a forged announcement, ...).
     Ignored {
@@ -109,6 +139,9 @@ pub enum MirrorError {
     /// version than the announcement.
     #[error("the bundle's manifest does not match its announcement (lesson or version)")]
     Mismatch,
+    /// Its teacher is not (or no longer) certified by a followed school.
+    #[error("{0}")]
+    Refused(String),
     /// Fetching failed.
     #[error(transparent)]
     Fetch(FetchError),
@@ -150,6 +183,9 @@ pub enum SeedError {
         #[source]
         source: std::io::Error,
     },
+    /// The school book cannot be read.
+    #[error(transparent)]
+    Schools(#[from] classe_bundle::anchor::AnchorError),
 }
 
 /// A started seed service: held bundles served again, ready to run.
@@ -159,6 +195,7 @@ pub struct Seed {
     control_events: mpsc::Receiver<ControlEvent>,
     config: SeedConfig,
     complete: HashSet<Hash>,
+    schools: SharedSchools,
 }
 
 impl std::fmt::Debug for Seed {
@@ -187,12 +224,19 @@ impl Seed {
                 source,
             })?;
         }
+        let mut schools = match &config.school {
+            Some(s) => Some(Schools::load(s.clone())?),
+            None => None,
+        };
         let mut complete = HashSet::new();
         for bundle in node.store().list().await? {
             if bundle.complete {
                 node.serve_bundle(bundle.root, bundle.manifest.manifest());
                 node.provide(bundle.root).await;
                 complete.insert(bundle.root);
+                if let Some(s) = &mut schools {
+                    s.hold(bundle.root, bundle.manifest.manifest());
+                }
             }
         }
         Ok(Self {
@@ -201,6 +245,7 @@ impl Seed {
             control_events,
             config,
             complete,
+            schools: schools.map(|s| Arc::new(std::sync::Mutex::new(s))),
         })
     }
 
@@ -214,6 +259,21 @@ impl Seed {
     /// holds their catch-up records for followers that come later); those
     /// not held whole are mirrored first.
     pub async fn run(self, events: mpsc::Sender<SeedEvent>, shutdown: CancellationToken) {
+        if let Some(s) = &self.schools {
+            let (followed, teachers, bulletins) = {
+                let mut s = locked(s);
+                (s.followed().to_vec(), s.teachers.clone(), s.statements())
+            };
+            for school in followed {
+                self.control.follow_school(school).await;
+            }
+            for t in teachers {
+                self.control.follow(t).await;
+            }
+            for (school, b) in bulletins {
+                self.control.publish_bulletin(school, b).await;
+            }
+        }
         let known = self.control.book().await;
         let mut queue = VecDeque::new();
         for a in known.iter().filter(|a| self.follows(a)) {
@@ -229,6 +289,7 @@ impl Seed {
             node: self.node,
             control: self.control,
             config: self.config,
+            schools: self.schools,
             events,
             queue,
             mirrors: JoinSet::new(),
@@ -238,7 +299,12 @@ impl Seed {
     }
 
     fn follows(&self, a: &SignedAnnouncement) -> bool {
-        self.config.follow.contains(&a.announcement().author)
+        let author = a.announcement().author;
+        self.config.follow.contains(&author)
+            || self
+                .schools
+                .as_ref()
+                .is_some_and(|s| locked(s).teachers.contains(&author))
     }
 }
 
@@ -249,6 +315,7 @@ struct Mirroring {
     node: Node,
     control: Control,
     config: SeedConfig,
+    schools: SharedSchools,
     events: mpsc::Sender<SeedEvent>,
     queue: VecDeque<(SignedAnnouncement, u32)>,
     mirrors: JoinSet<MirrorResult>,
@@ -261,10 +328,19 @@ impl Mirroring {
         mut control_events: mpsc::Receiver<ControlEvent>,
         shutdown: CancellationToken,
     ) {
+        let every = self
+            .config
+            .school
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s| s.statement_every);
+        let mut statements = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut reload = tokio::time::interval(Duration::from_secs(2));
         loop {
             self.start_mirrors();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = statements.tick(), if self.schools.is_some() => self.publish_statements().await,
+                _ = reload.tick(), if self.schools.is_some() => self.reload_schools().await,
                 Some(ev) = control_events.recv() => self.on_control(ev).await,
                 Some(done) = self.mirrors.join_next(), if !self.mirrors.is_empty() => {
                     if let Ok(done) = done {
@@ -297,8 +373,11 @@ impl Mirroring {
             let node = self.node.clone();
             let control = self.control.clone();
             let out = self.config.out.clone();
+            let followed = self.config.follow.contains(&a.announcement().author);
+            let schools = self.schools.clone();
             self.mirrors.spawn(async move {
-                let result = mirror(&node, &control, &a, out.as_deref()).await;
+                let trust = Trust { followed, schools };
+                let result = mirror(&node, &control, &a, out.as_deref(), trust).await;
                 (a, attempt, result)
             });
         }
@@ -321,14 +400,112 @@ impl Mirroring {
                     .await
                     .ok();
             }
+            ControlEvent::SchoolBulletin {
+                school,
+                bulletin,
+                via,
+            } => self.on_bulletin(school, *bulletin, via).await,
+            ControlEvent::Certified {
+                school,
+                credentials,
+                announcement,
+            } => self.on_certified(school, &credentials, announcement).await,
+            ControlEvent::SchoolChecked { .. } => {}
         }
+    }
+
+    /// A newer bulletin: kept; the lessons it revokes are withheld.
+    async fn on_bulletin(
+        &mut self,
+        school: AuthorKey,
+        bulletin: classe_bundle::school::Bulletin,
+        via: &'static str,
+    ) {
+        let Some(s) = &self.schools else { return };
+        let revocation_seq = bulletin.revocations.as_ref().map_or(0, |r| r.list.seq);
+        let withhold = locked(s).absorb(school, bulletin);
+        self.events
+            .send(SeedEvent::Bulletin {
+                school,
+                revocation_seq,
+                via,
+            })
+            .await
+            .ok();
+        self.withhold(withhold).await;
+    }
+
+    /// A certified teacher's announcement on a followed school's topic:
+    /// the teacher is followed from now on and the lesson mirrored.
+    async fn on_certified(
+        &mut self,
+        school: AuthorKey,
+        credentials: &classe_bundle::school::Credentials,
+        announcement: SignedAnnouncement,
+    ) {
+        let Some(s) = &self.schools else { return };
+        let a = announcement.announcement();
+        let verdict = locked(s).accepts(&school, credentials, &a.author, a.root);
+        match verdict {
+            Ok(()) => {
+                let new_teacher = locked(s).teachers.insert(a.author);
+                if new_teacher {
+                    tracing::info!(teacher = %a.author, %school, "following a newly certified teacher");
+                    self.control.follow(a.author).await;
+                }
+                self.enqueue((announcement, 0));
+            }
+            Err(reason) => {
+                self.events
+                    .send(SeedEvent::Ignored {
+                        reason: format!("certified announcement refused: {reason}"),
+                        from: None,
+                    })
+                    .await
+                    .ok();
+            }
+        }
+    }
+
+    /// Stops serving and providing `roots` (a revoked teacher's lessons).
+    async fn withhold(&mut self, roots: Vec<Hash>) {
+        for root in roots {
+            self.node.store().withhold(root);
+            if let Some(c) = self.node.control() {
+                c.stop_providing(*root.as_bytes()).await;
+            }
+            self.events.send(SeedEvent::Withheld { root }).await.ok();
+        }
+    }
+
+    /// Fresh statements for every followed school, published.
+    async fn publish_statements(&mut self) {
+        let Some(s) = &self.schools else { return };
+        let bulletins = locked(s).statements();
+        for (school, b) in bulletins {
+            self.control.publish_bulletin(school, b).await;
+        }
+    }
+
+    /// The school book changed on disk (`classe trust update`): reread,
+    /// withhold what it revokes, publish the bulletin.
+    async fn reload_schools(&mut self) {
+        let Some(s) = &self.schools else { return };
+        let Some(withhold) = locked(s).reload_if_changed() else {
+            return;
+        };
+        tracing::info!("school book changed on disk; publishing its bulletin");
+        self.withhold(withhold).await;
+        self.publish_statements().await;
     }
 
     async fn on_mirror_done(&mut self, (a, attempt, result): MirrorResult) {
         let event = match result {
             Ok(m) => SeedEvent::Mirrored(m),
             Err(error) => {
-                if attempt + 1 < self.config.attempts {
+                // A refusal is final: trying again would refuse again.
+                let again = !matches!(error, MirrorError::Refused(_));
+                if again && attempt + 1 < self.config.attempts {
                     let pause = self.config.retry_after;
                     let again = a.clone();
                     self.retries.spawn(async move {
@@ -349,11 +526,28 @@ impl Mirroring {
 
 /// Fetches, verifies, pins and serves one announced bundle; writes it to
 /// `out` if given and no newer version of the lesson is known.
+/// Who a mirror accepts: the followed author, or a currently certified
+/// teacher of a followed school (never a revoked one).
+struct Trust {
+    followed: bool,
+    schools: SharedSchools,
+}
+
+impl Trust {
+    fn accepts(&self, m: &classe_bundle::Manifest, root: Hash) -> bool {
+        match &self.schools {
+            Some(s) => locked(s).trusts(m, root, self.followed),
+            None => self.followed,
+        }
+    }
+}
+
 async fn mirror(
     node: &Node,
     control: &Control,
     a: &SignedAnnouncement,
     out: Option<&Path>,
+    trusted: Trust,
 ) -> Result<Mirrored, MirrorError> {
     let ann = a.announcement().clone();
     let root = Hash::from_bytes(ann.root);
@@ -364,10 +558,17 @@ async fn mirror(
         providers: ann.providers.clone(),
     };
     let (author, lesson, version) = (ann.author, ann.lesson_id, ann.version);
+    let check = &trusted;
     let trust = move |m: classe_bundle::SignedManifest| async move {
         let m = m.manifest();
         if m.author == author && m.lesson_id == lesson && m.version == version {
-            TrustDecision::Trusted
+            if check.accepts(m, root) {
+                TrustDecision::Trusted
+            } else {
+                TrustDecision::RefusedBecause(
+                    "not certified by a followed school, or revoked".into(),
+                )
+            }
         } else {
             TrustDecision::Refused
         }
@@ -377,11 +578,18 @@ async fn mirror(
         .await
         .map_err(|e| match e {
             FetchError::Untrusted(_) => MirrorError::Mismatch,
+            FetchError::Refused(why) => MirrorError::Refused(why),
             e => MirrorError::Fetch(e),
         })?;
     let manifest = report.manifest.manifest();
     node.serve_bundle(root, manifest);
     node.provide(root).await;
+    if let Some(s) = &trusted.schools {
+        let publish = locked(s).mirrored(root, manifest);
+        if let Some((school, bulletin)) = publish {
+            control.publish_bulletin(school, bulletin).await;
+        }
+    }
     // An older version that finishes mirroring after a newer one is kept
     // in the store but not written over the newer folder.
     let newest = control

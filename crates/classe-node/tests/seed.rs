@@ -231,7 +231,7 @@ async fn a_mirror_that_fails_is_reported_and_tried_again() -> Result<()> {
                 attempts.push(attempt);
             }
             SeedEvent::Mirrored(_) => panic!("mirrored a lesson nobody holds"),
-            SeedEvent::Ignored { .. } => unreachable!(),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(attempts, vec![1, 2], "one retry, then it stops");

@@ -30,6 +30,9 @@ pub struct ImportOptions {
     pub title: Option<String>,
     /// Start a new lesson even if this folder was shared before.
     pub new_lesson: bool,
+    /// The teacher's certificate by their school, carried in the manifest
+    /// (format 3).
+    pub credentials: Option<classe_bundle::school::Credentials>,
 }
 
 /// Progress while importing, for a progress bar.
@@ -578,7 +581,11 @@ impl Store {
         };
         if let Some((root, signed)) = &previous {
             let m = signed.manifest();
-            if m.files == files && m.dirs == dirs && m.title == title {
+            if m.files == files
+                && m.dirs == dirs
+                && m.title == title
+                && m.credentials == options.credentials
+            {
                 // Pin again: the bundle may have been unpinned (`classe rm`)
                 // while its blobs were still in the store.
                 self.pin(*root).await.map_err(|e| ImportError::Store {
@@ -612,6 +619,7 @@ impl Store {
                 .unwrap_or(0),
             files,
             dirs,
+            credentials: options.credentials.clone(),
         };
         let signed = SignedManifest::sign(manifest, secret)?;
         let root = self.add_bundle(&batch, &signed, &source).await?;

@@ -49,6 +49,8 @@ pub struct Store {
     dir: PathBuf,
     /// Blobs a check found damaged in this run (see [`Store::is_damaged`]).
     damaged: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<Hash>>>,
+    /// Bundles not to serve any more (see [`Store::withhold`]).
+    withheld: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<Hash>>>,
 }
 
 /// Opening the store failed.
@@ -137,6 +139,7 @@ impl Store {
             blobs,
             dir: dir.to_path_buf(),
             damaged: Default::default(),
+            withheld: Default::default(),
         };
         // A dropping of damaged blobs that was killed halfway left bundles
         // unpinned: pin them again.

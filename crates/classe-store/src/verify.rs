@@ -383,6 +383,7 @@ pub async fn drop_blobs(dir: &std::path::Path, damaged: &BTreeSet<Hash>) -> Resu
         blobs,
         dir: dir.to_path_buf(),
         damaged: Default::default(),
+        withheld: Default::default(),
     };
     let result = async {
         store.replay_retag_journal().await?;
@@ -443,6 +444,19 @@ impl Store {
     /// that failed.
     pub fn is_damaged(&self, hash: Hash) -> bool {
         self.damaged.read().is_ok_and(|d| d.contains(&hash))
+    }
+
+    /// Stops offering bundle `root` in this process (a lesson of a revoked
+    /// teacher): requests for it are declined from now on.
+    pub fn withhold(&self, root: Hash) {
+        if let Ok(mut w) = self.withheld.write() {
+            w.insert(root);
+        }
+    }
+
+    /// Whether [`Store::withhold`] was called for `hash`.
+    pub fn is_withheld(&self, hash: Hash) -> bool {
+        self.withheld.read().is_ok_and(|w| w.contains(&hash))
     }
 
     /// Checks every pinned bundle in the background, one at a time, and

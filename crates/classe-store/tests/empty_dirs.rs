@@ -85,6 +85,7 @@ async fn an_unsafe_empty_folder_is_refused_on_export() {
                 hash: *file_hash.as_bytes(),
             }],
             dirs: vec![bad.into()],
+            credentials: None,
         };
         let root = forge_bundle(&store, &manifest, &secret).await;
         let err = store.manifest(root).await.unwrap_err();

@@ -98,6 +98,10 @@ impl State {
         for a in authors {
             self.catch_up_one(a);
         }
+        let schools: Vec<AuthorKey> = self.schools.keys().copied().collect();
+        for s in schools {
+            self.catch_up_school(s);
+        }
         // Write the catch-up records we can vouch for (our own, and the
         // followed authors' we hold announcements of) again now and then:
         // they reach peers that joined since, and a record lives 24 h from
@@ -115,6 +119,7 @@ impl State {
             for a in authors {
                 self.put_record(a);
             }
+            self.republish_schools();
         }
     }
 
@@ -169,12 +174,15 @@ impl State {
                 kad::QueryResult::GetProviders(_) => self.query_done(id),
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
                     self.record_found(found.record, found.peer);
+                    // The first copy is enough for a fetch to go on.
+                    self.school_query_done(id);
                     if step.last {
                         self.catch_ups.remove(&id);
                     }
                 }
                 kad::QueryResult::GetRecord(_) => {
                     self.catch_ups.remove(&id);
+                    self.school_query_done(id);
                 }
                 kad::QueryResult::PutRecord(Err(e)) => {
                     tracing::debug!("catch-up record not replicated yet: {e}");
@@ -256,6 +264,10 @@ impl State {
 
     /// A catch-up record from a lookup: offer each entry to the book.
     pub(super) fn record_found(&mut self, record: kad::Record, from: Option<PeerId>) {
+        if behaviour::record_school(&record.key).is_some() {
+            self.school_record_found(&record, from);
+            return;
+        }
         let Some(author) = behaviour::record_author(&record.key) else {
             return;
         };
@@ -276,6 +288,9 @@ impl State {
     /// merged with what we hold so one writer cannot erase another's
     /// lessons or roll a lesson back.
     pub(super) fn inbound_record(&mut self, record: kad::Record, source: PeerId) {
+        if self.inbound_school_record(record.clone(), source) {
+            return;
+        }
         let Some(author) = behaviour::record_author(&record.key) else {
             self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
             self.ignore("record outside classe's key space".into(), Some(source));

@@ -81,6 +81,14 @@ impl State {
             return;
         };
         let from = message.source.unwrap_or(propagation_source);
+        if let Some(school) = self.school_topics.get(&message.topic).copied() {
+            let verdict = self.school_gossip(school, &message.data, from);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&message_id, &propagation_source, verdict);
+            return;
+        }
         let verdict = match SignedAnnouncement::from_bytes(&message.data) {
             Err(e) => {
                 self.counters

@@ -14,7 +14,7 @@ use crate::behaviour;
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
 pub(super) struct Publication {
-    pub(super) author: AuthorKey,
+    pub(super) topic: gossipsub::IdentTopic,
     pub(super) bytes: Vec<u8>,
     pub(super) until: Instant,
 }
@@ -34,9 +34,15 @@ impl State {
     /// Publishes `bytes` on `author`'s topic, retried for
     /// `PUBLISH_PATIENCE` while nobody subscribes.
     pub(super) fn publish(&mut self, author: AuthorKey, bytes: Vec<u8>) {
+        self.publish_on(behaviour::topic(&author), bytes);
+    }
+
+    /// Publishes `bytes` on `topic`, retried for `PUBLISH_PATIENCE` while
+    /// nobody subscribes.
+    pub(super) fn publish_on(&mut self, topic: gossipsub::IdentTopic, bytes: Vec<u8>) {
         if self.publications.len() < MAX_PENDING {
             self.publications.push(Publication {
-                author,
+                topic,
                 bytes,
                 until: Instant::now() + PUBLISH_PATIENCE,
             });
@@ -48,15 +54,14 @@ impl State {
         let now = Instant::now();
         let mut keep = Vec::new();
         for p in std::mem::take(&mut self.publications) {
-            let topic = behaviour::topic(&p.author);
             match self
                 .swarm
                 .behaviour_mut()
                 .gossipsub
-                .publish(topic, p.bytes.clone())
+                .publish(p.topic.clone(), p.bytes.clone())
             {
                 Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
-                    tracing::info!(author = %p.author, "announcement published");
+                    tracing::info!(topic = %p.topic, "published");
                 }
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
                 | Err(gossipsub::PublishError::AllQueuesFull(_))
