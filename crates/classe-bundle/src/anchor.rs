@@ -338,6 +338,22 @@ impl SchoolBook {
         Ok(Self { dir, schools })
     }
 
+    /// Takes in what other processes wrote to the folder since (a
+    /// `classe trust update` beside a running seed): merged school by
+    /// school, so nothing held in memory is lost.
+    pub fn refresh(&mut self) -> Result<(), AnchorError> {
+        let disk = Self::load(self.dir.clone())?;
+        for (identity, state) in disk.schools {
+            match self.schools.get_mut(&identity) {
+                Some(mine) => mine.merge_from(state),
+                None => {
+                    self.schools.insert(identity, state);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The trusted schools.
     pub fn schools(&self) -> impl Iterator<Item = &SchoolState> {
         self.schools.values()
@@ -617,14 +633,63 @@ impl SchoolBook {
         })
     }
 
-    fn save(&self, identity: &AuthorKey) -> Result<(), AnchorError> {
-        let Some(state) = self.schools.get(identity) else {
+    /// Writes one school's file, merged first with what is on disk: two
+    /// processes on one home (the seed node, and `classe trust update`
+    /// run beside it) never undo each other's newer list, statement or
+    /// countersignatures.
+    fn save(&mut self, identity: &AuthorKey) -> Result<(), AnchorError> {
+        let Some(state) = self.schools.get_mut(identity) else {
             return Ok(());
         };
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.dir.join(file_name(identity));
+        if let Some(disk) = fs::read(&path)
+            .ok()
+            .and_then(|b| postcard::from_bytes::<SchoolState>(&b).ok())
+        {
+            state.merge_from(disk);
+        }
         let bytes = postcard::to_stdvec(state).unwrap_or_default();
         crate::trust::write_atomic(&path, &bytes).map_err(io_err(&path))
+    }
+}
+
+impl SchoolState {
+    /// Takes in what another process wrote of the same school: the newer
+    /// parts of its bulletin (verified), its countersignatures (earliest
+    /// time kept), its clock floor and its own countersignatures.
+    fn merge_from(&mut self, disk: SchoolState) {
+        if disk.identity != self.identity {
+            return;
+        }
+        let known = self.chain();
+        let consistent = disk
+            .bulletin
+            .verify(self.identity)
+            .is_ok_and(|chain| known.keys().iter().zip(chain.keys()).all(|(a, b)| a == b));
+        if consistent {
+            self.absorb(disk.bulletin);
+        }
+        for (root, at) in disk.countersigned {
+            let t = self.countersigned.entry(root).or_insert(at);
+            *t = (*t).min(at);
+        }
+        self.bound_countersigned();
+        self.newest_signed = self.newest_signed.max(disk.newest_signed);
+        for seen in disk.own_seen {
+            let same = |s: &Seen| s.author == seen.author && s.lesson_id == seen.lesson_id;
+            match self.own_seen.iter_mut().find(|s| same(s)) {
+                Some(mine) if mine.version == seen.version => {
+                    mine.first_seen = mine.first_seen.min(seen.first_seen);
+                }
+                Some(mine) if mine.version > seen.version => {}
+                Some(mine) => *mine = seen,
+                None => self.own_seen.push(seen),
+            }
+        }
+        self.own_seen
+            .sort_by_key(|s| std::cmp::Reverse(s.first_seen));
+        self.own_seen.truncate(MAX_STATEMENT_LESSONS);
     }
 }
 

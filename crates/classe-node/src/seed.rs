@@ -292,6 +292,7 @@ impl Seed {
             schools: self.schools,
             events,
             queue,
+            held: self.complete,
             mirrors: JoinSet::new(),
             retries: JoinSet::new(),
         };
@@ -318,6 +319,8 @@ struct Mirroring {
     schools: SharedSchools,
     events: mpsc::Sender<SeedEvent>,
     queue: VecDeque<(SignedAnnouncement, u32)>,
+    /// Bundles held whole (at start, and mirrored since).
+    held: HashSet<Hash>,
     mirrors: JoinSet<MirrorResult>,
     retries: JoinSet<(SignedAnnouncement, u32)>,
 }
@@ -358,6 +361,15 @@ impl Mirroring {
     }
 
     fn enqueue(&mut self, entry: (SignedAnnouncement, u32)) {
+        let root = Hash::from_bytes(entry.0.announcement().root);
+        let queued = self
+            .queue
+            .iter()
+            .any(|(a, _)| a.announcement().root == entry.0.announcement().root);
+        // Heard twice (the teacher's topic and the school's): mirror once.
+        if self.held.contains(&root) || (queued && entry.1 == 0) {
+            return;
+        }
         if self.queue.len() < self.config.queue {
             self.queue.push_back(entry);
         } else {
@@ -445,6 +457,16 @@ impl Mirroring {
     ) {
         let Some(s) = &self.schools else { return };
         let a = announcement.announcement();
+        let known = self
+            .control
+            .book()
+            .await
+            .iter()
+            .any(|b| b.announcement().root == a.root);
+        if known || self.node.store().is_withheld(Hash::from_bytes(a.root)) {
+            // Heard on the teacher's own topic already, or withheld.
+            return;
+        }
         let verdict = locked(s).accepts(&school, credentials, &a.author, a.root);
         match verdict {
             Ok(()) => {
@@ -491,17 +513,40 @@ impl Mirroring {
     /// withhold what it revokes, publish the bulletin.
     async fn reload_schools(&mut self) {
         let Some(s) = &self.schools else { return };
-        let Some(withhold) = locked(s).reload_if_changed() else {
-            return;
+        let (before, withhold) = {
+            let mut s = locked(s);
+            let before = s.sequences();
+            match s.reload_if_changed() {
+                Some(w) => (before, w),
+                None => return,
+            }
         };
-        tracing::info!("school book changed on disk; publishing its bulletin");
+        let after = locked(s).sequences();
+        for ((school, old), (_, seq)) in before.iter().zip(&after) {
+            if seq > old {
+                tracing::info!(%school, seq, "newer revocation list on disk");
+                self.events
+                    .send(SeedEvent::Bulletin {
+                        school: *school,
+                        revocation_seq: *seq,
+                        via: "disk",
+                    })
+                    .await
+                    .ok();
+            }
+        }
         self.withhold(withhold).await;
-        self.publish_statements().await;
+        if after != before {
+            self.publish_statements().await;
+        }
     }
 
     async fn on_mirror_done(&mut self, (a, attempt, result): MirrorResult) {
         let event = match result {
-            Ok(m) => SeedEvent::Mirrored(m),
+            Ok(m) => {
+                self.held.insert(Hash::from_bytes(m.announcement.root));
+                SeedEvent::Mirrored(m)
+            }
             Err(error) => {
                 // A refusal is final: trying again would refuse again.
                 let again = !matches!(error, MirrorError::Refused(_));
@@ -534,10 +579,11 @@ struct Trust {
 }
 
 impl Trust {
-    fn accepts(&self, m: &classe_bundle::Manifest, root: Hash) -> bool {
+    fn accepts(&self, m: &classe_bundle::Manifest, root: Hash) -> Result<(), String> {
         match &self.schools {
             Some(s) => locked(s).trusts(m, root, self.followed),
-            None => self.followed,
+            None if self.followed => Ok(()),
+            None => Err("not followed".into()),
         }
     }
 }
@@ -562,12 +608,9 @@ async fn mirror(
     let trust = move |m: classe_bundle::SignedManifest| async move {
         let m = m.manifest();
         if m.author == author && m.lesson_id == lesson && m.version == version {
-            if check.accepts(m, root) {
-                TrustDecision::Trusted
-            } else {
-                TrustDecision::RefusedBecause(
-                    "not certified by a followed school, or revoked".into(),
-                )
+            match check.accepts(m, root) {
+                Ok(()) => TrustDecision::Trusted,
+                Err(why) => TrustDecision::RefusedBecause(why),
             }
         } else {
             TrustDecision::Refused

@@ -110,7 +110,12 @@ impl Schools {
 
     /// The mirror's trust decision on a manifest: a followed author or a
     /// certified teacher of a followed school, and revoked by none.
-    pub(crate) fn trusts(&self, manifest: &Manifest, root: Hash, followed: bool) -> bool {
+    pub(crate) fn trusts(
+        &self,
+        manifest: &Manifest,
+        root: Hash,
+        followed: bool,
+    ) -> Result<(), String> {
         let certified_here = manifest
             .credentials
             .as_ref()
@@ -123,9 +128,12 @@ impl Schools {
             unix_now(),
             u64::MAX,
         ) {
-            Decision::Certified(_) => certified_here || followed,
-            Decision::Direct => true,
-            Decision::Unknown | Decision::Refused(_) => false,
+            Decision::Certified(_) if certified_here || followed => Ok(()),
+            Decision::Direct => Ok(()),
+            Decision::Refused(r) => Err(r.to_string()),
+            Decision::Certified(_) | Decision::Unknown => {
+                Err("not certified by a school this seed follows".into())
+            }
         }
     }
 
@@ -169,7 +177,6 @@ impl Schools {
             }
             _ => None,
         };
-        self.fingerprint = fingerprint(&self.config.book_dir);
         let bulletin = signed.or_else(|| self.book.get(school).map(|s| s.bulletin.clone()))?;
         (bulletin != Bulletin::default()).then_some((*school, bulletin))
     }
@@ -185,10 +192,7 @@ impl Schools {
     /// stop serving.
     pub(crate) fn absorb(&mut self, school: AuthorKey, bulletin: Bulletin) -> Vec<Hash> {
         match self.book.absorb(school, bulletin) {
-            Ok(true) => {
-                self.fingerprint = fingerprint(&self.config.book_dir);
-                self.revoked_held()
-            }
+            Ok(true) => self.revoked_held(),
             Ok(false) => Vec::new(),
             Err(e) => {
                 tracing::debug!("school bulletin not kept: {e}");
@@ -197,20 +201,33 @@ impl Schools {
         }
     }
 
-    /// Rereads the school book if another process changed it (`classe
-    /// trust update` with a new revocation list); returns the bundles to
-    /// stop serving and whether anything changed.
+    /// The revocation sequence held for each followed school.
+    pub(crate) fn sequences(&self) -> Vec<(AuthorKey, u64)> {
+        self.config
+            .schools
+            .iter()
+            .map(|s| {
+                let seq = self
+                    .book
+                    .get(s)
+                    .and_then(|st| st.bulletin.revocations.as_ref())
+                    .map_or(0, |r| r.list.seq);
+                (*s, seq)
+            })
+            .collect()
+    }
+
+    /// Rereads the school book if its files changed (`classe trust
+    /// update` beside the running seed, or the seed's own writes, which
+    /// merge with what is on disk); returns the bundles to stop serving.
     pub(crate) fn reload_if_changed(&mut self) -> Option<Vec<Hash>> {
         let now = fingerprint(&self.config.book_dir);
         if now == self.fingerprint {
             return None;
         }
         self.fingerprint = now;
-        match SchoolBook::load(self.config.book_dir.clone()) {
-            Ok(book) => {
-                self.book = book;
-                Some(self.revoked_held())
-            }
+        match self.book.refresh() {
+            Ok(()) => Some(self.revoked_held()),
             Err(e) => {
                 tracing::warn!("cannot reread the school book: {e}");
                 None
