@@ -262,6 +262,8 @@ impl Seed {
         if let Some(s) = &self.schools {
             let (followed, teachers, bulletins) = {
                 let mut s = locked(s);
+                // What is held at start is published now, not "newer".
+                s.unpublished();
                 (s.followed().to_vec(), s.teachers.clone(), s.statements())
             };
             for school in followed {
@@ -293,6 +295,7 @@ impl Seed {
             events,
             queue,
             held: self.complete,
+            in_flight: HashSet::new(),
             mirrors: JoinSet::new(),
             retries: JoinSet::new(),
         };
@@ -321,6 +324,8 @@ struct Mirroring {
     queue: VecDeque<(SignedAnnouncement, u32)>,
     /// Bundles held whole (at start, and mirrored since).
     held: HashSet<Hash>,
+    /// Bundles being mirrored now.
+    in_flight: HashSet<Hash>,
     mirrors: JoinSet<MirrorResult>,
     retries: JoinSet<(SignedAnnouncement, u32)>,
 }
@@ -367,7 +372,8 @@ impl Mirroring {
             .iter()
             .any(|(a, _)| a.announcement().root == entry.0.announcement().root);
         // Heard twice (the teacher's topic and the school's): mirror once.
-        if self.held.contains(&root) || (queued && entry.1 == 0) {
+        // Two fetches of one bundle in one node would stall each other.
+        if self.held.contains(&root) || self.in_flight.contains(&root) || (queued && entry.1 == 0) {
             return;
         }
         if self.queue.len() < self.config.queue {
@@ -382,6 +388,10 @@ impl Mirroring {
             let Some((a, attempt)) = self.queue.pop_front() else {
                 break;
             };
+            let root = Hash::from_bytes(a.announcement().root);
+            if self.held.contains(&root) || !self.in_flight.insert(root) {
+                continue;
+            }
             let node = self.node.clone();
             let control = self.control.clone();
             let out = self.config.out.clone();
@@ -435,7 +445,13 @@ impl Mirroring {
     ) {
         let Some(s) = &self.schools else { return };
         let revocation_seq = bulletin.revocations.as_ref().map_or(0, |r| r.list.seq);
-        let withhold = locked(s).absorb(school, bulletin);
+        let withhold = {
+            let mut s = locked(s);
+            let w = s.absorb(school, bulletin);
+            // Arrived from the network: it spreads there already.
+            s.unpublished();
+            w
+        };
         self.events
             .send(SeedEvent::Bulletin {
                 school,
@@ -513,35 +529,31 @@ impl Mirroring {
     /// withhold what it revokes, publish the bulletin.
     async fn reload_schools(&mut self) {
         let Some(s) = &self.schools else { return };
-        let (before, withhold) = {
+        let (withhold, newer) = {
             let mut s = locked(s);
-            let before = s.sequences();
-            match s.reload_if_changed() {
-                Some(w) => (before, w),
-                None => return,
-            }
+            let withhold = s.reload_if_changed().unwrap_or_default();
+            (withhold, s.unpublished())
         };
-        let after = locked(s).sequences();
-        for ((school, old), (_, seq)) in before.iter().zip(&after) {
-            if seq > old {
-                tracing::info!(%school, seq, "newer revocation list on disk");
-                self.events
-                    .send(SeedEvent::Bulletin {
-                        school: *school,
-                        revocation_seq: *seq,
-                        via: "disk",
-                    })
-                    .await
-                    .ok();
-            }
+        for (school, seq) in &newer {
+            tracing::info!(%school, seq, "newer revocation list on disk");
+            self.events
+                .send(SeedEvent::Bulletin {
+                    school: *school,
+                    revocation_seq: *seq,
+                    via: "disk",
+                })
+                .await
+                .ok();
         }
         self.withhold(withhold).await;
-        if after != before {
+        if !newer.is_empty() {
             self.publish_statements().await;
         }
     }
 
     async fn on_mirror_done(&mut self, (a, attempt, result): MirrorResult) {
+        self.in_flight
+            .remove(&Hash::from_bytes(a.announcement().root));
         let event = match result {
             Ok(m) => {
                 self.held.insert(Hash::from_bytes(m.announcement.root));

@@ -55,6 +55,8 @@ pub(crate) struct Schools {
     pub(crate) teachers: HashSet<AuthorKey>,
     /// What the seed holds of certified teachers: root, author, manifest.
     held: Vec<(Hash, Manifest)>,
+    /// The revocation sequence last published for each followed school.
+    published: std::collections::HashMap<AuthorKey, u64>,
 }
 
 impl Schools {
@@ -67,6 +69,7 @@ impl Schools {
             fingerprint,
             teachers: HashSet::new(),
             held: Vec::new(),
+            published: std::collections::HashMap::new(),
         })
     }
 
@@ -201,20 +204,24 @@ impl Schools {
         }
     }
 
-    /// The revocation sequence held for each followed school.
-    pub(crate) fn sequences(&self) -> Vec<(AuthorKey, u64)> {
-        self.config
-            .schools
-            .iter()
-            .map(|s| {
-                let seq = self
-                    .book
-                    .get(s)
-                    .and_then(|st| st.bulletin.revocations.as_ref())
-                    .map_or(0, |r| r.list.seq);
-                (*s, seq)
-            })
-            .collect()
+    /// The followed schools whose revocation list is newer than the one
+    /// last published (however it arrived: the disk, or merged in by one
+    /// of the seed's own writes), with its sequence; marked published.
+    pub(crate) fn unpublished(&mut self) -> Vec<(AuthorKey, u64)> {
+        let mut out = Vec::new();
+        for s in &self.config.schools {
+            let seq = self
+                .book
+                .get(s)
+                .and_then(|st| st.bulletin.revocations.as_ref())
+                .map_or(0, |r| r.list.seq);
+            let last = self.published.entry(*s).or_insert(0);
+            if seq > *last {
+                *last = seq;
+                out.push((*s, seq));
+            }
+        }
+        out
     }
 
     /// Rereads the school book if its files changed (`classe trust

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod lab;
+
 use std::path::PathBuf;
 
 pub use classe_testkit::process::{Running, STEP};
