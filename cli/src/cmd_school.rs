@@ -25,6 +25,9 @@ pub enum SchoolCommand {
         /// The school's name, as families will see it.
         #[arg(long)]
         name: String,
+        /// Also draw the families' enrolment line as a QR code on stderr.
+        #[arg(long)]
+        qr: bool,
     },
     /// Certify a teacher's author key: print the certificate on stdout.
     Certify(CertifyArgs),
@@ -36,7 +39,11 @@ pub enum SchoolCommand {
     Rotate,
     /// Show the school key, certificates issued and revocations; print
     /// the current bulletin on stdout.
-    Status,
+    Status {
+        /// Also draw the families' enrolment line as a QR code on stderr.
+        #[arg(long)]
+        qr: bool,
+    },
     /// Copy the school key and register to FILE (mode 0600), for keeping
     /// offline.
     Export {
@@ -109,7 +116,7 @@ pub fn run(home: &Home, cmd: SchoolCommand) -> Result<(), Exit> {
     let dir = home.school_dir();
     let now = Home::now();
     match cmd {
-        SchoolCommand::Init { name } => {
+        SchoolCommand::Init { name, qr } => {
             let school = SchoolKeys::init(&dir, &name)?;
             eprintln!(
                 "Created the school key of {} in {} (readable only by you).",
@@ -117,11 +124,7 @@ pub fn run(home: &Home, cmd: SchoolCommand) -> Result<(), Exit> {
                 dir.display()
             );
             eprintln!("Keep a copy offline: classe school export FILE");
-            eprintln!(
-                "Families enrol once with:\n  classe trust add-school {} --name \"{}\"",
-                school.identity(),
-                school.name()
-            );
+            enrolment(&school, qr);
             println!("{}", school.identity());
         }
         SchoolCommand::Certify(args) => certify(&dir, args, now)?,
@@ -155,7 +158,7 @@ pub fn run(home: &Home, cmd: SchoolCommand) -> Result<(), Exit> {
             );
             println!("{}", school.bulletin().to_text());
         }
-        SchoolCommand::Status => status(&dir)?,
+        SchoolCommand::Status { qr } => status(&dir, qr)?,
         SchoolCommand::Export { file } => {
             let school = SchoolKeys::open(&dir)?;
             school.export(&file)?;
@@ -213,8 +216,22 @@ fn certify(dir: &std::path::Path, args: CertifyArgs, now: u64) -> Result<(), Exi
     Ok(())
 }
 
-fn status(dir: &std::path::Path) -> Result<(), Exit> {
+/// The line families type (or scan) to enrol, on stderr.
+fn enrolment(school: &SchoolKeys, qr: bool) {
+    let line = format!(
+        "classe trust add-school {} --name \"{}\"",
+        school.identity(),
+        school.name().replace('"', "'")
+    );
+    eprintln!("Families enrol once with:\n  {line}");
+    if qr {
+        crate::ui::print_qr_exact(&line);
+    }
+}
+
+fn status(dir: &std::path::Path, qr: bool) -> Result<(), Exit> {
     let school = SchoolKeys::open(dir)?;
+    enrolment(&school, qr);
     eprintln!(
         "{}: school key {} (version {})",
         school.name(),

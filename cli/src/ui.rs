@@ -37,12 +37,17 @@ pub fn byte_bar(total: u64, message: &str) -> ProgressBar {
     bar
 }
 
-/// Draws `text` as a QR code on stderr with half-block characters.
+/// Draws `text` (a ticket) as a QR code on stderr with half-block
+/// characters.
 pub fn print_qr(text: &str) {
     // Uppercase base32 fits QR's compact alphanumeric mode; tickets parse
     // in either case.
-    let upper = text.to_ascii_uppercase();
-    match qrcode::QrCode::with_error_correction_level(upper.as_bytes(), qrcode::EcLevel::L) {
+    print_qr_exact(&text.to_ascii_uppercase());
+}
+
+/// Draws `text` as it is (a name keeps its case and accents).
+pub fn print_qr_exact(text: &str) {
+    match qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L) {
         Ok(code) => {
             let image = code
                 .render::<qrcode::render::unicode::Dense1x2>()
@@ -52,7 +57,7 @@ pub fn print_qr(text: &str) {
             let mut err = std::io::stderr().lock();
             writeln!(err, "{image}").ok();
         }
-        Err(e) => eprintln!("warning: cannot draw the ticket as a QR code: {e}"),
+        Err(e) => eprintln!("warning: cannot draw a QR code: {e}"),
     }
 }
 
