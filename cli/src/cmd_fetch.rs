@@ -167,10 +167,22 @@ pub async fn run(home: &Home, args: FetchArgs) -> Result<(), Exit> {
             .unwrap_or_else(|| PathBuf::from(folder_name(&manifest.title, root.as_bytes())));
         write_out(node, root, manifest, &out).await?;
         let out_abs = std::path::absolute(&out).unwrap_or(out.clone());
-        let endorsement = endorsed.lock().ok().and_then(|e| e.clone());
+        let (endorsement, school_wait) = match endorsed.lock().ok().and_then(|e| e.clone()) {
+            Some((e, w)) => (Some(e), Some(w)),
+            None => (None, None),
+        };
         if args.json {
             let dht = lookup.lock().ok().and_then(|l| *l);
-            print_summary(node, &report, root, &out_abs, dht, endorsement.as_ref())?;
+            print_summary(
+                node,
+                &report,
+                root,
+                &out_abs,
+                dht,
+                endorsement
+                    .as_ref()
+                    .map(|e| (e, school_wait.unwrap_or(0.0))),
+            )?;
         }
         let signer = match &endorsement {
             Some(e) => format!("signed by {}, certified by {}", e.teacher, e.school),
@@ -261,7 +273,9 @@ struct Policy {
     endorsed: Endorsed,
 }
 
-type Endorsed = std::sync::Arc<std::sync::Mutex<Option<Endorsement>>>;
+/// The certified signer, and how long the fetch waited for the school's
+/// newest word before deciding (seconds).
+type Endorsed = std::sync::Arc<std::sync::Mutex<Option<(Endorsement, f64)>>>;
 
 impl Policy {
     /// The decision on `manifest`: a trusted school's verdict first (a
@@ -272,7 +286,7 @@ impl Policy {
         let m = manifest.manifest();
         let author = m.author;
         let direct = self.extra_trust.contains(&author) || self.trust_store.contains(&author);
-        self.news.wait_for_school(m).await;
+        let waited = self.news.wait_for_school(m).await;
         let decision = decide(
             &self.news.book(),
             direct,
@@ -302,7 +316,7 @@ impl Policy {
                 eprintln!("warning: {w}");
             }
             if let Ok(mut slot) = self.endorsed.lock() {
-                *slot = Some(e);
+                *slot = Some((e, waited.as_secs_f64()));
             }
         }
         self.remember(m);
@@ -381,16 +395,20 @@ impl SchoolNews {
     /// For a lesson certified by a trusted school: waits (a moment at
     /// most) for the first read of the school's DHT record, so that a
     /// pupil online gets a revocation issued minutes ago.
-    async fn wait_for_school(&self, m: &classe_bundle::Manifest) {
-        let Some(creds) = &m.credentials else { return };
+    async fn wait_for_school(&self, m: &classe_bundle::Manifest) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let Some(creds) = &m.credentials else {
+            return started.elapsed();
+        };
         if self.book().get(&creds.cert.cert.school).is_none() {
-            return;
+            return started.elapsed();
         }
         let arrived = self.arrived.notified();
         if self.settled.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
+            return started.elapsed();
         }
         let _ = tokio::time::timeout(NEWS_WAIT, arrived).await;
+        started.elapsed()
     }
 }
 
@@ -451,7 +469,7 @@ fn print_summary(
     root: Hash,
     out_abs: &Path,
     lookup: Option<(usize, f64)>,
-    endorsement: Option<&Endorsement>,
+    endorsement: Option<(&Endorsement, f64)>,
 ) -> Result<(), Exit> {
     let manifest = report.manifest.manifest();
     // How each provider's bytes travelled: direct or relayed (QUIC
@@ -486,8 +504,9 @@ fn print_summary(
         "relay_url": me.relay_url,
         "first_byte_secs": report.first_byte_secs,
         "paths": provider_paths,
-        "certified": endorsement.map(|e| serde_json::json!({
+        "certified": endorsement.map(|(e, waited)| serde_json::json!({
             "teacher": e.teacher, "school": e.school, "school_key": e.identity.to_string(),
+            "school_wait_secs": waited,
         })),
     });
     let mut stdout = std::io::stdout().lock();

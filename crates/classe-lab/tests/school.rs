@@ -254,12 +254,20 @@ fn a_seed_following_a_school_mirrors_certified_teachers_and_obeys_revocations() 
             "--bootstrap",
             &bootstrap,
             "--no-mdns",
+            "--json",
             "--out",
             out1.to_str().unwrap(),
         ],
     );
     let err = String::from_utf8_lossy(&got.stderr);
     assert!(got.status.success(), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&got.stdout).trim()).unwrap();
+    println!(
+        "MEASURE certified fetch waited {:.3} s for the school's word (whole fetch {:.2} s)",
+        summary["certified"]["school_wait_secs"].as_f64().unwrap(),
+        summary["seconds"].as_f64().unwrap()
+    );
     assert!(err.contains("certified by JM"), "{err}");
     assert_same_tree(&lesson1, &out1, "the pupil's copy");
     seed.stop();
