@@ -149,34 +149,12 @@ fn settings(home: &Home, args: &SeedArgs) -> Result<Settings, Exit> {
         Some(path) => FileConfig::read(path)?,
         None => home.file_config()?,
     };
-    let mut follow: Vec<AuthorKey> = Vec::new();
-    let listed = home.follow_list()?;
-    for key in args
-        .follow
-        .iter()
-        .chain(&file.follow)
-        .map(|t| parse_key(t))
-        .chain(listed.into_iter().map(Ok))
-    {
-        let key = key?;
-        if !follow.contains(&key) {
-            follow.push(key);
-        }
-    }
-    let mut schools: Vec<AuthorKey> = Vec::new();
-    let listed = home.followed_schools()?;
-    for key in args
-        .follow_school
-        .iter()
-        .chain(&file.follow_schools)
-        .map(|t| parse_key(t))
-        .chain(listed.into_iter().map(Ok))
-    {
-        let key = key?;
-        if !schools.contains(&key) {
-            schools.push(key);
-        }
-    }
+    let follow = merge_keys(&args.follow, &file.follow, home.follow_list()?)?;
+    let schools = merge_keys(
+        &args.follow_school,
+        &file.follow_schools,
+        home.followed_schools()?,
+    )?;
     let book = home.school_book()?;
     if let Some(k) = schools.iter().find(|k| book.get(k).is_none()) {
         return Err(Exit::new(
@@ -225,6 +203,27 @@ fn school_seeding(
                 .unwrap_or(3600),
         ),
     }))
+}
+
+/// Keys from flags, then the config file, then the home's list, once each.
+fn merge_keys(
+    flags: &[String],
+    file: &[String],
+    listed: Vec<AuthorKey>,
+) -> Result<Vec<AuthorKey>, Exit> {
+    let mut keys: Vec<AuthorKey> = Vec::new();
+    for key in flags
+        .iter()
+        .chain(file)
+        .map(|t| parse_key(t))
+        .chain(listed.into_iter().map(Ok))
+    {
+        let key = key?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
 }
 
 /// Starts the school's relay if one is configured; the node then uses it

@@ -69,6 +69,21 @@ impl School {
     }
 }
 
+/// The school's seed node's home: certified `mirror`, following the school.
+fn seed_home(root: &Path, school: &School) -> User {
+    let seed = User::new(root, "seed");
+    let cert = school.certify(&seed.id(), "Serveur", &["--role", "mirror"]);
+    ok(
+        &seed.run(&["id", "--cert", cert.to_str().unwrap()]),
+        "seed cert",
+    );
+    ok(
+        &seed.run(&["follow", "--school", &school.key, "--name", "JM"]),
+        "follow --school",
+    );
+    seed
+}
+
 /// A teacher home with a certificate installed.
 fn teacher(root: &Path, school: &School, name: &str, extra: &[&str]) -> (User, String) {
     let user = User::new(root, &format!("teacher-{name}"));
@@ -347,17 +362,7 @@ fn a_stale_statement_is_a_warning_not_a_refusal() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let school = School::new(root, "Collège Jean Moulin");
-    let seed = User::new(root, "seed");
-    let seed_key = seed.id();
-    let cert = school.certify(&seed_key, "Serveur", &["--role", "mirror"]);
-    ok(
-        &seed.run(&["id", "--cert", cert.to_str().unwrap()]),
-        "seed cert",
-    );
-    ok(
-        &seed.run(&["follow", "--school", &school.key, "--name", "JM"]),
-        "follow --school",
-    );
+    let seed = seed_home(root, &school);
     // The seed's word, signed three days ago (CLASSE_NOW: the clock the
     // decision is taken at), carried on a USB stick.
     let three_days_ago = std::time::SystemTime::now()
@@ -397,17 +402,7 @@ fn a_seed_following_a_school_mirrors_countersigns_and_obeys_revocations() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let school = School::new(root, "Collège Jean Moulin");
-    let seed = User::new(root, "seed");
-    let seed_key = seed.id();
-    let cert = school.certify(&seed_key, "Serveur", &["--role", "mirror"]);
-    ok(
-        &seed.run(&["id", "--cert", cert.to_str().unwrap()]),
-        "seed cert",
-    );
-    ok(
-        &seed.run(&["follow", "--school", &school.key, "--name", "JM"]),
-        "follow --school",
-    );
+    let seed = seed_home(root, &school);
     let mut cmd = seed.cmd();
     cmd.args(["seed", "--listen", "127.0.0.1:0", "--no-mdns"])
         .args(["--no-port-mapping"]);

@@ -51,6 +51,35 @@ fn until(running: &common::Running, kinds: &[&str], never: &str) -> serde_json::
     panic!("{}: no {kinds:?} event within 120 s", running.name);
 }
 
+/// `classe fetch WHAT --no-seed --json` as the pupil on `host`, joining
+/// through the seed.
+fn fetch(
+    lab: &Lab,
+    host: usize,
+    what: &str,
+    bootstrap: &str,
+    out: &std::path::Path,
+) -> std::process::Output {
+    let bind = lab.bind(host);
+    lab.run(
+        host,
+        "pupil",
+        &[
+            "fetch",
+            what,
+            "--no-seed",
+            "--bind",
+            &bind,
+            "--bootstrap",
+            bootstrap,
+            "--no-mdns",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 #[test]
 fn a_seed_following_a_school_mirrors_certified_teachers_and_obeys_revocations() {
     let Some(lab) = Lab::new(4, false) else {
@@ -211,24 +240,8 @@ fn a_seed_following_a_school_mirrors_certified_teachers_and_obeys_revocations() 
         shared.elapsed().as_secs_f64()
     );
     // A pupil online refuses it too, with nothing written.
-    let bind = lab.bind(2);
     let out2 = lab.home("out-2");
-    let got = lab.run(
-        2,
-        "pupil",
-        &[
-            "fetch",
-            &ticket2,
-            "--no-seed",
-            "--bind",
-            &bind,
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-    );
+    let got = fetch(&lab, 2, &ticket2, &bootstrap, &out2);
     assert_eq!(
         got.status.code(),
         Some(3),
@@ -241,24 +254,7 @@ fn a_seed_following_a_school_mirrors_certified_teachers_and_obeys_revocations() 
     // The lesson countersigned before the revocation: still served by the
     // seed, teacher gone, fetched by root on another host.
     let out1 = lab.home("out-1");
-    let bind = lab.bind(3);
-    let got = lab.run(
-        3,
-        "pupil",
-        &[
-            "fetch",
-            &root1,
-            "--no-seed",
-            "--bind",
-            &bind,
-            "--bootstrap",
-            &bootstrap,
-            "--no-mdns",
-            "--json",
-            "--out",
-            out1.to_str().unwrap(),
-        ],
-    );
+    let got = fetch(&lab, 3, &root1, &bootstrap, &out1);
     let err = String::from_utf8_lossy(&got.stderr);
     assert!(got.status.success(), "{err}");
     let summary: serde_json::Value =
